@@ -1,0 +1,21 @@
+"""The telematics box (TCU) firmware, simulated: CAN and GNSS in, CBOR over MQTT out."""
+
+from firmware_sim.errors import (
+    ConfigError,
+    LifecycleError,
+    NmeaError,
+    PayloadError,
+    StoreError,
+    TcuError,
+    UplinkError,
+)
+
+__all__ = [
+    "ConfigError",
+    "LifecycleError",
+    "NmeaError",
+    "PayloadError",
+    "StoreError",
+    "TcuError",
+    "UplinkError",
+]
