@@ -61,6 +61,7 @@ class Trigger(enum.Enum):
     DOOR = "door"
     CRASH = "crash"
     ALERT = "alert"
+    PRIVACY = "privacy"
 
 
 @dataclass(frozen=True)
