@@ -1,24 +1,75 @@
 """The CBOR uplink payload: model, encoder and validating decoder.
 
-The wire format is described in ``firmware_sim/uplink.cddl`` (RFC 8610).
+The wire format is described in ``firmware_sim/uplink.cddl`` (RFC 8610) and explained in
+``docs/payload.md``. :func:`encode_uplink` refuses a model it cannot represent and
+:func:`decode_uplink` refuses anything the contract does not allow; both raise
+:class:`~firmware_sim.errors.PayloadError` and nothing else, with one of these ``reason``\\ s:
+
+=================  ===============================================================
+``too_large``      more than :data:`MAX_PAYLOAD_BYTES` bytes or :data:`MAX_SAMPLES` samples
+``not_cbor``       not well-formed CBOR (also: duplicate map keys, invalid UTF-8, too deep)
+``trailing_bytes`` bytes after the first CBOR item
+``not_map``        the top-level item is not a map
+``unknown_key``    a map key the format does not define
+``missing_key``    a required map key is absent
+``bad_version``    a format version other than :data:`FORMAT_VERSION`
+``bad_field``      a top-level field of the wrong type or out of range (CBOR tags included)
+``bad_series``     a series of the wrong shape, type or range
+``bad_times``      sample times that go backwards (negative gap or period)
+``length_mismatch``  times and values of a series that do not pair up
+``duplicate_signal``  two series for one signal id
+``out_of_range``   a mantissa or sample time outside the signed 64-bit range
+``bad_value``      (:func:`quantize` only) a value that is not a finite number
+=================  ===============================================================
 """
 
 from __future__ import annotations
 
 import enum
+import io
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+from itertools import accumulate
+from operator import sub
+from typing import Any, NoReturn, Protocol
+
+import cbor2
+
+from firmware_sim.errors import PayloadError
 
 __all__ = [
     "FORMAT_VERSION",
+    "MAX_PAYLOAD_BYTES",
+    "MAX_SAMPLES",
     "Privacy",
     "Series",
+    "SignalNames",
     "Trigger",
     "Uplink",
     "decode_uplink",
     "encode_uplink",
+    "quantize",
+    "uplink_to_json",
 ]
 
 FORMAT_VERSION = 1
+MAX_PAYLOAD_BYTES = 256 * 1024
+"""The largest payload :func:`decode_uplink` accepts (and :func:`encode_uplink` produces)."""
+MAX_SAMPLES = 100_000
+"""The most samples, over all series, one payload may carry."""
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+UINT64_MAX = 2**64 - 1
+
+_VIN = re.compile(r"[A-HJ-NPR-Z0-9]{17}")
+_INT_ONLY = frozenset((int,))
+_REQUIRED_KEYS = (0, 1, 2, 3, 4, 5, 6)
+_KNOWN_KEYS = frozenset((*_REQUIRED_KEYS, 7, 8))
+_MAX_DEPTH = 8  # map > series list > series > values: 4 levels are needed
 
 
 class Trigger(enum.IntEnum):
@@ -43,6 +94,13 @@ class Privacy(enum.IntEnum):
     FULL = 2  # nothing refreshed
 
 
+_PRIVACY_API_NAMES = {
+    Privacy.NONE: "None",
+    Privacy.GEOLOCATION: "Geolocation",
+    Privacy.FULL: "Full",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Series:
     """The samples of one signal: integer mantissas at millisecond offsets.
@@ -55,6 +113,14 @@ class Series:
     exp: int
     times: tuple[int, ...]
     mantissas: tuple[int, ...]
+
+    def values(self) -> list[float | int]:
+        """The values: ``mantissa * 10**exp``; integers stay integers when ``exp >= 0``."""
+        if self.exp >= 0:
+            scale = 10**self.exp
+            return [m * scale for m in self.mantissas]
+        divisor = 10 ** (-self.exp)
+        return [m / divisor for m in self.mantissas]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +135,353 @@ class Uplink:
     series: tuple[Series, ...]
     boot: int = 0
     evicted: int = 0
+
+
+def quantize(value: float, exp: int) -> int:
+    """The integer mantissa nearest to ``value / 10**exp`` (ties to even).
+
+    Raises :class:`PayloadError` (``bad_value``) for NaN and infinities and
+    (``out_of_range``) when the mantissa does not fit in 64 signed bits.
+    """
+    try:
+        if isinstance(value, int):  # exact for integers of any size (bool included)
+            mantissa = value * 10**-exp if exp <= 0 else round(Fraction(value, 10**exp))
+        else:
+            mantissa = round(value * 10**-exp) if exp < 0 else round(value / 10**exp)
+    except (ValueError, OverflowError, TypeError):
+        raise PayloadError("bad_value", f"cannot quantize {value!r}") from None
+    if not INT64_MIN <= mantissa <= INT64_MAX:
+        raise PayloadError("out_of_range", f"{value!r} at exp {exp} needs more than 64 bits")
+    return mantissa
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding
+
+
+def _fail(reason: str, detail: str) -> NoReturn:
+    raise PayloadError(reason, detail)
+
+
+def _check_uint(value: object, name: str, minimum: int = 0) -> int:
+    if type(value) is not int or not minimum <= value <= UINT64_MAX:
+        _fail("bad_field", f"{name} must be an integer in {minimum}..2**64-1, got {value!r}")
+    return value
+
+
+def _encode_series(s: Series) -> list[Any]:
+    sid, exp, times, mantissas = s.signal_id, s.exp, s.times, s.mantissas
+    if type(sid) is not int or not 1 <= sid <= 65535:
+        _fail("bad_series", f"signal id must be in 1..65535, got {sid!r}")
+    if type(exp) is not int or not -9 <= exp <= 9:
+        _fail("bad_series", f"signal {sid}: exp must be in -9..9, got {exp!r}")
+    n = len(mantissas)
+    if n == 0:
+        _fail("bad_series", f"signal {sid}: a series needs at least one sample")
+    if len(times) != n:
+        _fail("length_mismatch", f"signal {sid}: {len(times)} times for {n} values")
+    if not set(map(type, mantissas)) <= _INT_ONLY or not set(map(type, times)) <= _INT_ONLY:
+        _fail("bad_series", f"signal {sid}: times and mantissas must be integers")
+    if min(mantissas) < INT64_MIN or max(mantissas) > INT64_MAX:
+        _fail("out_of_range", f"signal {sid}: a mantissa does not fit in 64 signed bits")
+    if min(times) < INT64_MIN or max(times) > INT64_MAX:
+        _fail("out_of_range", f"signal {sid}: a time does not fit in 64 signed bits")
+    t0 = times[0]
+    values = [mantissas[0], *map(sub, mantissas[1:], mantissas)]
+    if n == 1:
+        return [sid, exp, t0, 1, values]
+    gaps = list(map(sub, times[1:], times))
+    first = gaps[0]
+    if first > 0 and gaps.count(first) == n - 1:
+        return [sid, exp, t0, first, values]
+    if min(gaps) < 0:
+        _fail("bad_times", f"signal {sid}: times must not decrease")
+    return [sid, exp, t0, 0, values, gaps]
+
+
+def encode_uplink(u: Uplink) -> bytes:
+    """The CBOR payload of ``u``; :class:`PayloadError` when ``u`` cannot be represented."""
+    vin = u.vin
+    if type(vin) is not str or _VIN.fullmatch(vin) is None:
+        _fail("bad_field", f"vin must be 17 characters of A-H J-N P R-Z 0-9, got {vin!r}")
+    try:
+        trigger = int(Trigger(u.trigger))
+        privacy = int(Privacy(u.privacy))
+    except ValueError as exc:
+        raise PayloadError("bad_field", str(exc)) from None
+    series = u.series
+    if sum(len(s.mantissas) for s in series) > MAX_SAMPLES:
+        _fail("too_large", f"more than {MAX_SAMPLES} samples")
+    encoded = [_encode_series(s) for s in series]
+    if len({s[0] for s in encoded}) != len(encoded):
+        _fail("duplicate_signal", "two series for one signal id")
+    doc: dict[int, Any] = {
+        0: FORMAT_VERSION,
+        1: vin,
+        2: _check_uint(u.seq, "seq"),
+        3: _check_uint(u.base_time_ms, "base_time_ms"),
+        4: trigger,
+        5: privacy,
+        6: encoded,
+    }
+    if u.boot:
+        doc[7] = _check_uint(u.boot, "boot")
+    if u.evicted:
+        doc[8] = _check_uint(u.evicted, "evicted")
+    data: bytes = cbor2.dumps(doc)
+    if len(data) > MAX_PAYLOAD_BYTES:
+        _fail("too_large", f"{len(data)} bytes, more than {MAX_PAYLOAD_BYTES}")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+class _ForbiddenTag(Exception):
+    """Raised inside cbor2 for any tag; ``decode_uplink`` turns it into ``bad_field``."""
+
+    def __init__(self, tag: int) -> None:
+        super().__init__(tag)
+        self.tag = tag
+
+
+def _forbid(tag: int) -> Callable[[Any, bool], NoReturn]:
+    def reject(value: Any, immutable: bool) -> NoReturn:
+        raise _ForbiddenTag(tag)
+
+    return reject
+
+
+def _reject_unknown_tag(tag: cbor2.CBORTag, immutable: bool) -> NoReturn:
+    raise _ForbiddenTag(tag.tag)
+
+
+# The tags cbor2 6 decodes itself (dates, bignums, self-description, value sharing, string
+# references, ...). None is allowed on this wire: a bignum would pass for an int and a
+# self-describe tag or a shared reference would vanish without them.
+_BUILTIN_TAGS = (
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    25,
+    28,
+    29,
+    30,
+    35,
+    36,
+    37,
+    52,
+    54,
+    100,
+    256,
+    258,
+    260,
+    261,
+    1004,
+    43000,
+    55799,
+)
+_SEMANTIC_DECODERS: Mapping[int, Any] = {tag: _forbid(tag) for tag in _BUILTIN_TAGS}
+
+
+def _load(data: bytes) -> Any:
+    """The one CBOR item of ``data``; every cbor2 failure becomes a ``PayloadError``."""
+    fp = io.BytesIO(data)
+    try:
+        decoder = cbor2.CBORDecoder(
+            fp,
+            tag_hook=_reject_unknown_tag,
+            semantic_decoders=_SEMANTIC_DECODERS,
+            max_depth=_MAX_DEPTH,
+            allow_duplicate_keys=False,
+        )
+        obj = decoder.decode()
+    except cbor2.CBORDecodeError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, _ForbiddenTag):
+            raise PayloadError("bad_field", f"CBOR tag {cause.tag} is not allowed") from None
+        raise PayloadError("not_cbor", str(exc)) from None
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
+        raise PayloadError("not_cbor", f"{type(exc).__name__}: {exc}") from None
+    if fp.tell() != len(data):
+        _fail("trailing_bytes", f"{len(data) - fp.tell()} bytes after the payload")
+    return obj
+
+
+def _decode_series(raw: object, index: int) -> Series:
+    where = f"series[{index}]"
+    if type(raw) is not list:
+        _fail("bad_series", f"{where} is not an array")
+    if len(raw) == 5:
+        sid, exp, t0, period, values = raw
+        gaps: object = None
+    elif len(raw) == 6:
+        sid, exp, t0, period, values, gaps = raw
+    else:
+        _fail("bad_series", f"{where} has {len(raw)} elements, expected 5 or 6")
+    if type(sid) is not int or not 1 <= sid <= 65535:
+        _fail("bad_series", f"{where}: signal id must be in 1..65535, got {sid!r}")
+    where = f"{where} (signal {sid})"
+    if type(exp) is not int or not -9 <= exp <= 9:
+        _fail("bad_series", f"{where}: exp must be in -9..9, got {exp!r}")
+    if type(t0) is not int:
+        _fail("bad_series", f"{where}: t0 must be an integer, got {t0!r}")
+    if type(period) is not int:
+        _fail("bad_series", f"{where}: period must be an integer, got {period!r}")
+    if type(values) is not list or not values or not set(map(type, values)) <= _INT_ONLY:
+        _fail("bad_series", f"{where}: values must be a non-empty array of integers")
+    n = len(values)
+    times: Sequence[int]
+    if gaps is None:
+        if period < 0:
+            _fail("bad_times", f"{where}: negative period {period}")
+        if period == 0:
+            _fail("bad_series", f"{where}: period 0 needs gaps")
+        last = t0 + (n - 1) * period
+        times = range(t0, last + 1, period)
+    else:
+        if period != 0:
+            _fail("bad_series", f"{where}: gaps need period 0, got {period}")
+        if type(gaps) is not list or not set(map(type, gaps)) <= _INT_ONLY:
+            _fail("bad_series", f"{where}: gaps must be an array of integers")
+        if n < 2:
+            _fail("bad_series", f"{where}: one sample is written in the regular form")
+        if len(gaps) != n - 1:
+            _fail("length_mismatch", f"{where}: {len(gaps)} gaps for {n} values")
+        if min(gaps) < 0:
+            _fail("bad_times", f"{where}: a negative gap")
+        times = list(accumulate(gaps, initial=t0))
+        last = times[-1]
+    if t0 < INT64_MIN or last > INT64_MAX:
+        _fail("out_of_range", f"{where}: a time does not fit in 64 signed bits")
+    mantissas = tuple(accumulate(values))
+    if min(mantissas) < INT64_MIN or max(mantissas) > INT64_MAX:
+        _fail("out_of_range", f"{where}: a mantissa does not fit in 64 signed bits")
+    return Series(sid, exp, tuple(times), mantissas)
+
+
+def _get_uint(doc: dict[Any, Any], key: int, name: str, minimum: int = 0) -> int:
+    value = doc[key]
+    if type(value) is not int or value < minimum:  # CBOR ints never exceed 2**64-1
+        _fail("bad_field", f"{name} (key {key}) must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def decode_uplink(data: bytes) -> Uplink:
+    """The :class:`Uplink` in ``data``, checked against the contract; else :class:`PayloadError`."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        _fail("not_cbor", f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > MAX_PAYLOAD_BYTES:
+        _fail("too_large", f"{len(data)} bytes, more than {MAX_PAYLOAD_BYTES}")
+    doc = _load(data)
+    if type(doc) is not dict:
+        _fail("not_map", f"top-level item is {type(doc).__name__}, expected a map")
+    for key in doc:
+        if type(key) is not int or key not in _KNOWN_KEYS:
+            _fail("unknown_key", f"key {key!r}")
+    for key in _REQUIRED_KEYS:
+        if key not in doc:
+            _fail("missing_key", f"key {key}")
+    version = doc[0]
+    if type(version) is not int or version != FORMAT_VERSION:
+        _fail("bad_version", f"version {version!r}, expected {FORMAT_VERSION}")
+    vin = doc[1]
+    if type(vin) is not str or _VIN.fullmatch(vin) is None:
+        _fail("bad_field", f"vin (key 1) {vin!r}")
+    seq = _get_uint(doc, 2, "seq")
+    base_time_ms = _get_uint(doc, 3, "base_time_ms")
+    trigger = _get_uint(doc, 4, "trigger")
+    if trigger > 8:
+        _fail("bad_field", f"trigger (key 4) {trigger} is not in 0..8")
+    privacy = _get_uint(doc, 5, "privacy")
+    if privacy > 2:
+        _fail("bad_field", f"privacy (key 5) {privacy} is not in 0..2")
+    raw_series = doc[6]
+    if type(raw_series) is not list:
+        _fail("bad_field", "series (key 6) must be an array")
+    samples = 0
+    for raw in raw_series:
+        if type(raw) is list and len(raw) >= 5 and type(raw[4]) is list:
+            samples += len(raw[4])
+    if samples > MAX_SAMPLES:
+        _fail("too_large", f"{samples} samples, more than {MAX_SAMPLES}")
+    series = tuple(_decode_series(raw, i) for i, raw in enumerate(raw_series))
+    if len({s.signal_id for s in series}) != len(series):
+        seen: set[int] = set()
+        for s in series:
+            if s.signal_id in seen:
+                _fail("duplicate_signal", f"signal {s.signal_id} appears twice")
+            seen.add(s.signal_id)
+    boot = _get_uint(doc, 7, "boot", 1) if 7 in doc else 0
+    evicted = _get_uint(doc, 8, "evicted", 1) if 8 in doc else 0
+    return Uplink(
+        vin=vin,
+        seq=seq,
+        base_time_ms=base_time_ms,
+        trigger=Trigger(trigger),
+        privacy=Privacy(privacy),
+        series=series,
+        boot=boot,
+        evicted=evicted,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Human-readable form
+
+
+def _rfc3339_ms(ms: int) -> str:
+    try:
+        moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    except OverflowError:
+        return ""
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _SignalInfo(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def unit(self) -> str: ...
+
+
+class SignalNames(Protocol):
+    """What :func:`uplink_to_json` needs of a catalog (``can_dbc.catalog.Catalog`` has it)."""
+
+    def get(self, signal_id: int, /) -> _SignalInfo | None: ...
+
+
+def uplink_to_json(u: Uplink, catalog: SignalNames | None = None) -> dict[str, Any]:
+    """``u`` as JSON-ready data for people and the CLI; names signals when given a catalog.
+
+    Each series lists ``[offset_ms, value]`` samples; ``base_time`` is RFC 3339 (UTC), empty
+    when the base time is beyond what a date can hold.
+    """
+    out_series: list[dict[str, Any]] = []
+    for s in u.series:
+        entry: dict[str, Any] = {"signal_id": s.signal_id}
+        spec = catalog.get(s.signal_id) if catalog is not None else None
+        if spec is not None:
+            entry["name"] = spec.name
+            if spec.unit:
+                entry["unit"] = spec.unit
+        entry["exp"] = s.exp
+        entry["samples"] = [list(pair) for pair in zip(s.times, s.values(), strict=True)]
+        out_series.append(entry)
+    return {
+        "version": FORMAT_VERSION,
+        "vin": u.vin,
+        "seq": u.seq,
+        "base_time_ms": u.base_time_ms,
+        "base_time": _rfc3339_ms(u.base_time_ms),
+        "trigger": Trigger(u.trigger).name.lower(),
+        "privacy": _PRIVACY_API_NAMES[Privacy(u.privacy)],
+        "boot": u.boot,
+        "evicted": u.evicted,
+        "series": out_series,
+    }
