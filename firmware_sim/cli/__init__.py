@@ -1,4 +1,4 @@
-"""The ``tcusim`` command line: each subcommand is a module of this package with ``add_subparser``."""
+"""The ``tcusim`` command line: each subcommand is a module here with ``add_subparser``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+
+from can_dbc.errors import CanDbcError
+from firmware_sim.errors import TcuError
+from gateway.errors import GatewayError
 
 __all__ = ["main"]
 
@@ -36,10 +40,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from can_dbc.errors import CanDbcError
-    from firmware_sim.errors import TcuError
-    from gateway.errors import GatewayError
-
     try:
         status: int = args.func(args)
     except KeyboardInterrupt:
