@@ -43,6 +43,7 @@ __all__ = [
 LOOPBACK = "127.0.0.1"
 _MOSQUITTO_DIRS = ("/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin")
 _PORT_ATTEMPTS = 5
+_SHUTDOWN_TIMEOUT = 5.0
 
 
 class Broker(Protocol):
@@ -191,6 +192,7 @@ class MosquittoBroker:
         """The folder of the configuration, the persistence database and the log."""
         if self._data_dir is None:
             self._data_dir = Path(tempfile.mkdtemp(prefix="tcusim-mosquitto-"))
+        self._data_dir.mkdir(parents=True, exist_ok=True)
         return self._data_dir
 
     @property
@@ -265,9 +267,20 @@ class MosquittoBroker:
             break
         raise BrokerError(f"mosquitto did not start on port {port}:\n{self.log_tail()}")
 
+    def _log_says_running(self, offset: int) -> bool:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                return b" running" in f.read()
+        except OSError:
+            return False
+
     def _launch(self, port: int) -> bool:
         conf = self.data_dir / "mosquitto.conf"
         conf.write_text(self.config_text(port), encoding="utf-8")
+        # Ready means: this process logged "mosquitto version ... running" and the port
+        # answers (the port alone could be someone else's listener).
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with (self.data_dir / "stderr.log").open("wb") as err:
             try:
                 self._proc = subprocess.Popen(
@@ -283,7 +296,7 @@ class MosquittoBroker:
             if self._proc.poll() is not None:
                 self._proc = None
                 return False
-            if _port_open(LOOPBACK, port):
+            if self._log_says_running(log_offset) and _port_open(LOOPBACK, port):
                 return True
             time.sleep(0.02)
         self._terminate(signal.SIGKILL)
@@ -418,8 +431,30 @@ class EmbeddedBroker:
             self._ready.set()
             await self._stop_event.wait()
         finally:
+            await self._shutdown(broker, server)
+
+    @staticmethod
+    async def _shutdown(broker: Any, server: asyncio.Server) -> None:
+        # Close the sockets first, as a broker process exiting would. amqtt's own shutdown
+        # can otherwise wait for a client's keepalive: a reader task may miss its
+        # cancellation (asyncio.wait_for in Python 3.11), so shutdown() is also bounded.
+        server.close()
+        for _session, handler in list(broker.sessions.values()):
+            stream = getattr(getattr(handler, "writer", None), "_writer", None)
+            transport = getattr(stream, "transport", None)
+            if transport is not None:
+                transport.abort()
+        task = asyncio.ensure_future(broker.shutdown())
+        done, _ = await asyncio.wait({task}, timeout=_SHUTDOWN_TIMEOUT)
+        if task in done:
             with contextlib.suppress(Exception):
-                await broker.shutdown()
+                task.result()
+        current = asyncio.current_task()
+        leftovers = [t for t in asyncio.all_tasks() if t is not current]
+        for leftover in leftovers:
+            leftover.cancel()
+        if leftovers:
+            await asyncio.wait(leftovers, timeout=_SHUTDOWN_TIMEOUT)
 
     def _run(self, port: int) -> None:
         loop = asyncio.new_event_loop()

@@ -1,0 +1,463 @@
+"""The gateway's SQLite store: migrations, ingest, deduplication, rejections, queries."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from can_dbc.catalog import default_catalog
+from firmware_sim.errors import PayloadError
+from firmware_sim.payload import Privacy, Series, Trigger, Uplink, decode_uplink, encode_uplink
+from gateway.errors import StorageError
+from gateway.store import (
+    MIGRATIONS,
+    Kind,
+    Message,
+    Outcome,
+    SqliteStore,
+    open_store,
+    rfc3339,
+    sample_value,
+)
+
+VINS = ("VF3ABCDEF12345678", "VR1XYZ00000000042", "ZFA31200000123456")
+CATALOG = default_catalog()
+SIGNALS = {s.id: s for s in CATALOG.signals}
+BASE = 1_795_000_000_000  # 2026-11-18
+
+
+def uplink(
+    vin: str = VINS[0],
+    seq: int = 0,
+    series: tuple[Series, ...] = (),
+    base: int = BASE,
+    **fields: object,
+) -> bytes:
+    """The CBOR bytes of an uplink."""
+    if not series:
+        series = (Series(1, -1, (0, 1000), (523, 530)),)
+    return encode_uplink(
+        Uplink(vin, seq, base, Trigger.PERIODIC, Privacy.NONE, series, **fields)  # type: ignore[arg-type]
+    )
+
+
+# -- schema -----------------------------------------------------------------------------
+
+
+def test_migrations_from_empty_reach_the_latest_version(tmp_path: Path) -> None:
+    path = tmp_path / "g.sqlite3"
+    with SqliteStore(path) as store:
+        assert store.schema_version() == MIGRATIONS[-1].version
+    conn = sqlite3.connect(path)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    versions = [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY 1")]
+    mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    conn.close()
+    assert {"payloads", "samples", "last_state", "vehicles", "rejected"} <= tables
+    assert versions == [m.version for m in MIGRATIONS]
+    assert mode == "wal"
+
+
+def test_migrations_are_ordered_and_unique() -> None:
+    versions = [m.version for m in MIGRATIONS]
+    assert versions == sorted(set(versions))
+    assert versions[0] == 1
+
+
+def test_reopening_keeps_data_and_does_not_migrate_again(tmp_path: Path) -> None:
+    path = tmp_path / "g.sqlite3"
+    with SqliteStore(path) as store:
+        assert store.ingest(VINS[0], uplink(), BASE).outcome is Outcome.ACCEPTED
+    with SqliteStore(path) as store:
+        assert store.payload_count() == 1
+        assert store.ingest(VINS[0], uplink(), BASE).outcome is Outcome.DUPLICATE
+
+
+def test_a_database_newer_than_the_code_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "g.sqlite3"
+    SqliteStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO schema_version VALUES (999, 'future', 0)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError, match="newer"):
+        SqliteStore(path)
+
+
+def test_an_unreadable_database_is_a_storage_error(tmp_path: Path) -> None:
+    path = tmp_path / "g.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StorageError):
+        SqliteStore(path)
+
+
+def test_open_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with open_store("sqlite:///rel/a.sqlite3") as store:
+        assert store.schema_version() >= 1
+    assert (tmp_path / "rel" / "a.sqlite3").is_file()
+    with open_store(f"sqlite:///{tmp_path}/abs.sqlite3") as store:
+        assert store.schema_version() >= 1
+    assert (tmp_path / "abs.sqlite3").is_file()
+    with open_store("sqlite://") as store:
+        assert store.payload_count() == 0
+    with open_store(tmp_path / "plain.sqlite3") as store:
+        assert store.payload_count() == 0
+    with pytest.raises(StorageError, match="unsupported"):
+        open_store("postgresql://localhost/x")
+
+
+# -- values -----------------------------------------------------------------------------
+
+
+def test_sample_values_are_exact_and_typed() -> None:
+    assert sample_value(123, -1) == 12.3
+    assert isinstance(sample_value(123, -1), float)
+    assert sample_value(5, 0) == 5
+    assert isinstance(sample_value(5, 0), int)
+    assert sample_value(7, 2) == 700
+    assert isinstance(sample_value(7, 2), int)
+    assert sample_value(-1, -2) == -0.01
+
+
+def test_rfc3339() -> None:
+    assert rfc3339(0) == "1970-01-01T00:00:00.000Z"
+    assert rfc3339(1_795_000_000_123) == "2026-11-18T11:06:40.123Z"
+    assert rfc3339(None) is None
+
+
+# -- ingest -----------------------------------------------------------------------------
+
+
+def test_accepted_payload_stores_samples_and_last_state() -> None:
+    with SqliteStore(":memory:") as store:
+        series = (
+            Series(1, -1, (0, 1000, 2000), (0, 523, 1000)),
+            Series(5, 0, (500,), (2,)),
+            Series(16, 0, (0, 0), (3, 4)),
+        )
+        result = store.ingest(VINS[0], uplink(seq=7, series=series, boot=2, evicted=1), BASE + 9)
+        assert result.outcome is Outcome.ACCEPTED
+        assert (result.vin, result.seq, result.n_samples) == (VINS[0], 7, 6)
+        assert store.samples(VINS[0], 1) == [
+            (1, BASE, 0.0),
+            (1, BASE + 1000, 52.3),
+            (1, BASE + 2000, 100.0),
+        ]
+        assert all(isinstance(v, float) for _s, _t, v in store.samples(VINS[0], 1))
+        assert store.samples(VINS[0], 5) == [(5, BASE + 500, 2)]
+        assert isinstance(store.samples(VINS[0], 5)[0][2], int)
+        # Two samples at the same time: the later one in the series is the last state.
+        assert store.last_state(VINS[0]) == {
+            1: (BASE + 2000, 100.0),
+            5: (BASE + 500, 2),
+            16: (BASE, 4),
+        }
+        vehicle = store.vehicle(VINS[0])
+        assert vehicle is not None
+        assert (vehicle.max_seq, vehicle.boot, vehicle.evicted) == (7, 2, 1)
+        assert vehicle.first_seen_ms == vehicle.last_seen_ms == BASE + 9
+
+
+def test_last_state_is_not_overwritten_by_older_samples() -> None:
+    with SqliteStore(":memory:") as store:
+        store.ingest(VINS[0], uplink(seq=2, series=(Series(1, -1, (60_000,), (900,)),)), 1)
+        store.ingest(VINS[0], uplink(seq=1, series=(Series(1, -1, (0,), (100,)),)), 2)
+        assert store.last_state(VINS[0]) == {1: (BASE + 60_000, 90.0)}
+        assert store.sample_count(VINS[0]) == 2
+
+
+def test_duplicate_is_counted_not_stored() -> None:
+    with SqliteStore(":memory:") as store:
+        raw = uplink(seq=3)
+        assert store.ingest(VINS[0], raw, 1).outcome is Outcome.ACCEPTED
+        assert store.ingest(VINS[0], raw, 2).outcome is Outcome.DUPLICATE
+        assert store.payload_count() == 1
+        assert store.sample_count() == 2
+        assert store.counters()["duplicates"] == 1
+        assert store.rejections() == []
+
+
+def test_same_seq_with_other_bytes_is_a_kept_seq_conflict() -> None:
+    with SqliteStore(":memory:") as store:
+        store.ingest(VINS[0], uplink(seq=3), 1)
+        other = uplink(seq=3, series=(Series(2, 0, (0,), (800,)),))
+        result = store.ingest(VINS[0], other, 2)
+        assert (result.outcome, result.reason) == (Outcome.REJECTED, "seq_conflict")
+        (kept,) = store.rejections()
+        assert (kept.reason, kept.raw, kept.vin) == ("seq_conflict", other, VINS[0])
+        assert store.samples(VINS[0], 2) == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "topic_vin", "reason"),
+    [
+        (b"", VINS[0], "not_cbor"),
+        (b"\xff\x00garbage", VINS[0], "not_cbor"),
+        (b"\xa0", VINS[0], "missing_key"),
+        (uplink(vin=VINS[1]), VINS[0], "vin_mismatch"),
+        (uplink(series=(Series(60000, 0, (0,), (1,)),)), VINS[0], "unknown_signal"),
+        (uplink(seq=2**64 - 1), VINS[0], "out_of_range"),
+        (uplink(series=(Series(1, 9, (0,), (2**62,)),)), VINS[0], "out_of_range"),
+    ],
+)
+def test_rejections_are_kept_with_their_reason(raw: bytes, topic_vin: str, reason: str) -> None:
+    with SqliteStore(":memory:") as store:
+        result = store.ingest(topic_vin, raw, 42)
+        assert (result.outcome, result.reason) == (Outcome.REJECTED, reason)
+        (kept,) = store.rejections()
+        assert (kept.reason, kept.raw, kept.vin, kept.received_at_ms) == (
+            reason,
+            raw,
+            topic_vin,
+            42,
+        )
+        assert kept.topic == f"tcusim/v1/{topic_vin}/up"
+        assert kept.detail or reason == "not_cbor"
+        assert store.payload_count() == 0
+        assert store.counters() == {
+            "accepted": 0,
+            "duplicates": 0,
+            "presence": 0,
+            "rejected": 1,
+            f"rejected.{reason}": 1,
+        }
+
+
+def test_bad_topic_is_rejected() -> None:
+    with SqliteStore(":memory:") as store:
+        (r,) = store.ingest_many([Message("tcusim/v1//up", uplink(), 1, None, Kind.UNKNOWN)])
+        assert r.reason == "bad_topic"
+        assert store.rejections()[0].topic == "tcusim/v1//up"
+
+
+def test_presence_updates_the_vehicle() -> None:
+    with SqliteStore(":memory:") as store:
+        r = store.ingest_presence(VINS[0], b'{"state": "online", "boot": 4}', 10)
+        assert r.outcome is Outcome.PRESENCE
+        vehicle = store.vehicle(VINS[0])
+        assert vehicle is not None
+        assert (vehicle.presence, vehicle.boot, vehicle.presence_at_ms) == ("online", 4, 10)
+        store.ingest_presence(VINS[0], json.dumps({"state": "offline", "boot": 4}).encode(), 20)
+        vehicle = store.vehicle(VINS[0])
+        assert vehicle is not None
+        assert (vehicle.presence, vehicle.last_seen_ms) == ("offline", 20)
+        assert store.counters()["presence"] == 2
+
+
+@pytest.mark.parametrize(
+    "raw", [b"{", b"[]", b'{"state": "asleep"}', b'{"state": "online", "boot": -1}', b"\xff"]
+)
+def test_bad_presence_is_rejected(raw: bytes) -> None:
+    with SqliteStore(":memory:") as store:
+        r = store.ingest_presence(VINS[0], raw, 1)
+        assert (r.outcome, r.reason) == (Outcome.REJECTED, "bad_presence")
+        assert store.vehicle(VINS[0]) is None
+        assert store.rejections()[0].raw == raw
+
+
+def test_seq_gaps_from_zero_below_the_highest() -> None:
+    with SqliteStore(":memory:") as store:
+        for seq in (1, 2, 5, 9):
+            store.ingest(VINS[0], uplink(seq=seq), seq)
+        assert store.seq_gaps(VINS[0]) == [0, 3, 4, 6, 7, 8]
+        assert store.seq_gap_ranges(VINS[0]) == [(0, 0), (3, 4), (6, 8)]
+        assert store.seq_gaps(VINS[0], limit=4) == [0, 3, 4, 6]
+        assert store.seq_gaps(VINS[1]) == []
+
+
+def test_status_is_readable() -> None:
+    with SqliteStore(":memory:") as store:
+        series = (Series(1, -1, (0,), (523,)), Series(11, 0, (0,), (1,)))
+        store.ingest(VINS[0], uplink(seq=0, series=series), BASE)
+        store.ingest(VINS[0], uplink(seq=2), BASE + 1)
+        store.ingest_presence(VINS[0], b'{"state": "online", "boot": 1}', BASE + 2)
+        store.ingest(VINS[0], b"junk", BASE + 3)
+        status = store.status(VINS[0])
+        assert status is not None
+        assert status["presence"] == "online"
+        assert status["payloads"] == 2
+        assert status["rejected"] == 1
+        assert status["gaps"] == {"count": 1, "ranges": [[1, 1]]}
+        assert status["last_seen"] == rfc3339(BASE + 3 - 1)
+        speed = next(s for s in status["signals"] if s["id"] == 1)
+        assert speed["name"] == SIGNALS[1].name
+        assert speed["unit"] == "km/h"
+        assert speed["time"].endswith("Z")
+        locks = next(s for s in status["signals"] if s["id"] == 11)
+        assert locks["label"] == SIGNALS[11].enum[1]
+        json.dumps(status)
+        assert store.status(VINS[2]) is None
+
+
+def test_a_failed_batch_stores_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "g.sqlite3"
+    with SqliteStore(path) as store, SqliteStore(path, timeout=0.05) as other:
+        other._conn.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        with pytest.raises(StorageError):
+            store.ingest_many([Message("tcusim/v1/x/up", uplink(), 1, VINS[0])])
+        other._conn.execute("ROLLBACK")
+        assert store.payload_count() == 0
+        assert store.rejections() == []
+
+
+# -- property: any sequence of valid, duplicate and corrupt payloads ---------------------
+
+signal_ids = st.sampled_from(sorted(SIGNALS))
+
+
+@st.composite
+def series_st(draw: st.DrawFn, signal_id: int) -> Series:
+    n = draw(st.integers(1, 4))
+    start = draw(st.integers(-5_000, 60_000))
+    gaps = draw(st.lists(st.integers(0, 2000), min_size=n - 1, max_size=n - 1))
+    times = [start]
+    for g in gaps:
+        times.append(times[-1] + g)
+    mantissas = draw(st.lists(st.integers(-(10**6), 10**6), min_size=n, max_size=n))
+    return Series(signal_id, SIGNALS[signal_id].exp, tuple(times), tuple(mantissas))
+
+
+@st.composite
+def valid_op(draw: st.DrawFn) -> tuple[str, str, bytes]:
+    vin = draw(st.sampled_from(VINS))
+    seq = draw(st.integers(0, 12))
+    ids = draw(st.lists(signal_ids, min_size=1, max_size=3, unique=True))
+    series = tuple(draw(series_st(i)) for i in ids)
+    return ("valid", vin, uplink(vin=vin, seq=seq, series=series))
+
+
+@st.composite
+def corrupt_op(draw: st.DrawFn) -> tuple[str, str, bytes]:
+    vin = draw(st.sampled_from(VINS))
+    good = draw(valid_op())[2]
+    kind = draw(st.sampled_from(["truncate", "random", "flip", "mismatch", "unknown"]))
+    if kind == "truncate":
+        raw = good[: draw(st.integers(0, len(good) - 1))]
+    elif kind == "random":
+        raw = draw(st.binary(max_size=40))
+    elif kind == "flip":
+        i = draw(st.integers(0, len(good) - 1))
+        raw = good[:i] + bytes([good[i] ^ draw(st.integers(1, 255))]) + good[i + 1 :]
+    elif kind == "mismatch":
+        other = next(v for v in VINS if v != vin)
+        raw = uplink(vin=other, seq=draw(st.integers(0, 12)))
+    else:
+        raw = uplink(vin=vin, seq=draw(st.integers(0, 12)), series=(Series(999, 0, (0,), (1,)),))
+    return ("corrupt", vin, raw)
+
+
+operations = st.lists(
+    st.one_of(valid_op(), corrupt_op(), st.just(("repeat", "", b""))), min_size=1, max_size=25
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=operations, batch_sizes=st.lists(st.integers(1, 6), min_size=1, max_size=10))
+def test_any_sequence_of_payloads_keeps_counts_consistent(
+    ops: list[tuple[str, str, bytes]], batch_sizes: list[int]
+) -> None:
+    # Resolve "repeat" into a copy of an earlier message (a redelivery).
+    messages: list[tuple[str, bytes]] = []
+    for kind, vin, raw in ops:
+        if kind == "repeat":
+            if messages:
+                messages.append(messages[len(messages) // 2])
+            continue
+        messages.append((vin, raw))
+
+    # The model: what the store must end up with, derived independently.
+    stored: dict[tuple[str, int], bytes] = {}
+    expected_samples: Counter[tuple[str, int, int, object]] = Counter()
+    expected_reasons: Counter[str] = Counter()
+    duplicates = 0
+    outcomes: list[Outcome] = []
+    for vin, raw in messages:
+        try:
+            u = decode_uplink(raw)
+        except PayloadError as exc:
+            expected_reasons[exc.reason] += 1
+            outcomes.append(Outcome.REJECTED)
+            continue
+        if u.vin != vin:
+            reason = "vin_mismatch"
+        elif any(s.signal_id not in SIGNALS for s in u.series):
+            reason = "unknown_signal"
+        elif (vin, u.seq) in stored:
+            reason = "" if stored[(vin, u.seq)] == raw else "seq_conflict"
+            if not reason:
+                duplicates += 1
+                outcomes.append(Outcome.DUPLICATE)
+                continue
+        else:
+            stored[(vin, u.seq)] = raw
+            for s in u.series:
+                for t, m in zip(s.times, s.mantissas, strict=True):
+                    expected_samples[
+                        (vin, s.signal_id, u.base_time_ms + t, sample_value(m, s.exp))
+                    ] += 1
+            outcomes.append(Outcome.ACCEPTED)
+            continue
+        expected_reasons[reason] += 1
+        outcomes.append(Outcome.REJECTED)
+
+    with SqliteStore(":memory:") as store:
+        results = []
+        i = 0
+        for n in batch_sizes * (len(messages) // len(batch_sizes) + 1):
+            chunk = messages[i : i + n]
+            if not chunk:
+                break
+            if len(chunk) == 1:
+                results.append(store.ingest(chunk[0][0], chunk[0][1], i))
+            else:
+                results.extend(
+                    store.ingest_many(Message(f"tcusim/v1/{v}/up", r, i, v) for v, r in chunk)
+                )
+            i += n
+
+        assert [r.outcome for r in results] == outcomes
+        counters = store.counters()
+        assert counters["accepted"] == store.payload_count() == len(stored)
+        assert counters["duplicates"] == duplicates
+        assert counters["rejected"] == sum(expected_reasons.values())
+        for reason, n in expected_reasons.items():
+            assert counters[f"rejected.{reason}"] == n
+        assert counters["accepted"] + counters["duplicates"] + counters["rejected"] == len(messages)
+
+        rejections = store.rejections()
+        assert len(rejections) == counters["rejected"]
+        assert all(r.reason for r in rejections)
+        sent = Counter(raw for _v, raw in messages)
+        assert all(sent[r.raw] > 0 for r in rejections)
+
+        actual: Counter[tuple[str, int, int, object]] = Counter()
+        for vin in VINS:
+            for sid, t, value in store.samples(vin):
+                actual[(vin, sid, t, value)] += 1
+            accepted_seqs = {seq for (v, seq) in stored if v == vin}
+            if accepted_seqs:
+                assert store.seq_gaps(vin) == sorted(set(range(max(accepted_seqs))) - accepted_seqs)
+                last = store.last_state(vin)
+                for sid, (t, value) in last.items():
+                    assert (vin, sid, t, value) in expected_samples
+                    assert t == max(
+                        tt for (v, s, tt, _x) in expected_samples if v == vin and s == sid
+                    )
+        assert actual == expected_samples
+        assert store.sample_count() == sum(expected_samples.values())
+
+
+def test_value_column_keeps_integers_and_reals_apart() -> None:
+    with SqliteStore(":memory:") as store:
+        store.ingest(
+            VINS[0], uplink(series=(Series(2, 0, (0,), (800,)), Series(1, -1, (0,), (10,)))), 1
+        )
+        kinds = dict(store._conn.execute("SELECT signal_id, typeof(value) FROM samples").fetchall())
+        assert kinds == {2: "integer", 1: "real"}
