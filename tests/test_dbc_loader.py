@@ -1,0 +1,237 @@
+"""The network loader on real files (PSA, Tesla, cantools' multiplexing) and on files written here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import textparser
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from can_dbc.errors import DbcError
+from can_dbc.loader import load_network, load_network_string
+from can_dbc.network import NETWORKS_DIR
+
+DATA = Path(__file__).parent / "data"
+PSA = NETWORKS_DIR / "psa_aee2010_r3.dbc"
+
+SMALL_DBC = """VERSION ""
+
+NS_ :
+
+BS_:
+
+BU_: ECU
+
+BO_ 256 Speed: 8 ECU
+ SG_ Kmh : 0|16@1+ (0.01,0) [0|655.35] "km/h" Vector__XXX
+ SG_ Temp : 16|8@1- (1,0) [-40|85] "degC" Vector__XXX
+
+BO_ 2566834430 Ext: 8 ECU
+ SG_ Mode : 7|4@0+ (1,0) [0|15] "" Vector__XXX
+
+BO_ 1200 Fd: 64 ECU
+ SG_ Tail : 504|8@1+ (1,0) [0|255] "" Vector__XXX
+
+BA_DEF_ BO_ "VFrameFormat" ENUM "StandardCAN","ExtendedCAN","reserved","J1939PG","reserved","reserved","reserved","reserved","reserved","reserved","reserved","reserved","reserved","reserved","StandardCAN_FD","ExtendedCAN_FD";
+BA_DEF_DEF_ "VFrameFormat" "StandardCAN";
+BA_ "VFrameFormat" BO_ 1200 14;
+VAL_ 2566834430 Mode 0 "Off" 1 "On" ;
+"""
+
+
+def test_psa_as_shipped_is_repaired_and_reported() -> None:
+    loaded = load_network(PSA)
+    report = loaded.report
+    assert [(r.line, r.file) for r in report.repairs] == [(165, str(PSA)), (166, str(PSA))]
+    assert "0_COUNTER" in report.repairs[0].change
+    assert "_0_COUNTER" in report.repairs[0].change
+    assert "STEERING_ALT" in report.repairs[0].change
+    steering = loaded.database.get_message_by_name("STEERING_ALT")
+    names = {s.name for s in steering.signals}
+    assert {"_0_COUNTER", "_0_CHECKSUM"} <= names
+    # The comment that referred to 0_CHECKSUM follows the renamed signal.
+    assert steering.get_signal_by_name("_0_CHECKSUM").comment == "TODO: find checksum"
+    assert len(report.warnings) == 1
+    warning = report.warnings[0]
+    assert warning.line == 258
+    assert "HS2_DYN_ABR_38D" in warning.message
+    assert "overlapping" in warning.message
+    assert len(loaded.database.messages) == 107
+    assert report.encodings == {str(PSA): "utf-8"}
+
+
+def test_psa_refused_without_repair_names_file_line_and_fault() -> None:
+    with pytest.raises(DbcError) as caught:
+        load_network(PSA, repair=False)
+    assert caught.value.path == str(PSA)
+    assert caught.value.line == 165
+    assert "0_COUNTER" in caught.value.reason
+    assert "starts with a digit" in caught.value.reason
+
+
+def test_overlap_refused_without_repair() -> None:
+    text = PSA.read_text(encoding="utf-8").replace(" 0_C", " _0_C")
+    with pytest.raises(DbcError) as caught:
+        load_network_string(text, "dbc", repair=False, source="psa-renamed.dbc")
+    assert caught.value.line == 258
+    assert "overlapping" in caught.value.reason
+
+
+def test_syntax_error_keeps_the_parser_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.dbc"
+    lines = SMALL_DBC.splitlines()
+    lines[9] = " SG_ Kmh : 0|16@1+ (0.01,0) [0|655.35 km/h Vector__XXX"
+    bad.write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(DbcError) as caught:
+        load_network(bad)
+    assert caught.value.path == str(bad)
+    assert caught.value.line == 10
+    assert isinstance(caught.value.__cause__, textparser.ParseError)
+
+
+def test_format_is_chosen_by_extension_or_argument(tmp_path: Path) -> None:
+    odd = tmp_path / "network.txt"
+    odd.write_text(SMALL_DBC, encoding="utf-8")
+    with pytest.raises(DbcError, match="unknown network file extension"):
+        load_network(odd)
+    loaded = load_network(odd, database_format="dbc")
+    assert {m.name for m in loaded.database.messages} == {"Speed", "Ext", "Fd"}
+    with pytest.raises(DbcError, match="unknown database format"):
+        load_network(odd, database_format="xls")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DbcError, match="cannot read") as caught:
+        load_network(tmp_path / "absent.dbc")
+    assert caught.value.path == str(tmp_path / "absent.dbc")
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "cp1252"])
+def test_utf8_and_cp1252_both_load(tmp_path: Path, encoding: str) -> None:
+    path = tmp_path / "temp.dbc"
+    path.write_bytes(SMALL_DBC.replace('"degC"', '"°C"').encode(encoding))
+    loaded = load_network(path, repair=False)
+    temp = loaded.database.get_message_by_name("Speed").get_signal_by_name("Temp")
+    assert temp.unit == "°C"
+    assert loaded.report.encodings[str(path)] == encoding
+
+
+def test_fd_extended_and_value_tables() -> None:
+    db = load_network_string(SMALL_DBC, "dbc", repair=False).database
+    ext = db.get_message_by_name("Ext")
+    assert ext.is_extended_frame
+    assert ext.frame_id == 0x18FEC8FE
+    assert ext.decode(b"\x10" + bytes(7)) == {"Mode": "On"}
+    fd = db.get_message_by_name("Fd")
+    assert fd.is_fd
+    assert fd.length == 64
+    assert fd.decode(bytes(63) + b"\x2a") == {"Tail": 42}
+
+
+def test_extended_multiplexing_loads_strictly() -> None:
+    loaded = load_network(DATA / "cantools_multiplex_2.dbc", repair=False)
+    assert loaded.report.clean
+    extended = loaded.database.get_message_by_name("Extended")
+    assert extended.is_extended_frame
+    assert extended.is_multiplexed()
+    s5 = extended.get_signal_by_name("S5")
+    assert s5.multiplexer_signal == "S0"
+    assert s5.multiplexer_ids == [1]
+
+
+def test_tesla_loads_strictly() -> None:
+    loaded = load_network(DATA / "tesla_Model3CAN.dbc", repair=False)
+    assert loaded.report.clean
+    assert sum(m.is_multiplexed() for m in loaded.database.messages) == 29
+
+
+KCD = """<?xml version="1.0" encoding="UTF-8"?>
+<NetworkDefinition xmlns="http://kayak.2codeornot2code.org/1.0">
+  <Document name="tiny" version="1.0"/>
+  <Bus name="Body">
+    <Message id="0x123" name="Speed" length="2" interval="100">
+      <Signal name="Kmh" offset="0" length="16" endianess="little">
+        <Value type="unsigned" slope="0.01" intercept="0" unit="km/h" min="0" max="655.35"/>
+      </Signal>
+    </Message>
+  </Bus>
+</NetworkDefinition>
+"""
+
+SYM = """FormatVersion=6.0 // Do not edit this line!
+Title="tiny"
+
+{SENDRECEIVE}
+
+[Speed]
+ID=123h
+Len=2
+Var=Kmh unsigned 0,16 /u:km/h /f:0.01
+"""
+
+
+@pytest.mark.parametrize(("suffix", "text"), [(".kcd", KCD), (".sym", SYM)])
+def test_kcd_and_sym_through_cantools(tmp_path: Path, suffix: str, text: str) -> None:
+    path = tmp_path / f"tiny{suffix}"
+    path.write_text(text, encoding="utf-8")
+    db = load_network(path, repair=False).database
+    message = db.get_message_by_name("Speed")
+    assert message.frame_id == 0x123
+    assert message.decode(b"\x10\x27") == {"Kmh": 100.0}
+
+
+def test_kcd_fault_keeps_the_xml_line() -> None:
+    with pytest.raises(DbcError) as caught:
+        load_network_string(KCD.replace("</Bus>", ""), "kcd")
+    assert caught.value.line == 11
+
+
+def test_several_files_make_one_database(tmp_path: Path) -> None:
+    first = tmp_path / "a.dbc"
+    first.write_text(SMALL_DBC, encoding="utf-8")
+    second = tmp_path / "b.dbc"
+    second.write_text(SMALL_DBC.replace("BO_ 256 Speed", "BO_ 257 Speed2").split("BO_ 2566")[0])
+    db = load_network([first, second], repair=False).database
+    assert {m.name for m in db.messages} == {"Speed", "Ext", "Fd", "Speed2"}
+    with pytest.raises(DbcError, match="also defined in") as caught:
+        load_network([first, first])
+    assert caught.value.path == str(first)
+
+
+def test_car_network_needs_no_repair() -> None:
+    loaded = load_network(NETWORKS_DIR / "tcusim_car.dbc", repair=False)
+    assert loaded.report.clean
+
+
+@st.composite
+def _mutated_dbc(draw: st.DrawFn) -> str:
+    text = SMALL_DBC
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(text)))
+        end = at + draw(st.integers(0, 12))
+        insert = draw(st.text(alphabet=' \n:|@+-()[]",;0123456789abcMSGBO_m', max_size=8))
+        text = text[:at] + insert + text[end:]
+    return text
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_mutated_dbc())
+def test_any_damaged_dbc_loads_or_is_a_dbc_error(text: str) -> None:
+    for repair in (True, False):
+        try:
+            load_network_string(text, "dbc", repair=repair)
+        except DbcError as exc:
+            assert exc.path == "<string>"
+            assert exc.reason
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=300))
+def test_any_text_as_kcd_or_sym_is_loaded_or_a_dbc_error(text: str) -> None:
+    for fmt in ("kcd", "sym", "arxml"):
+        try:
+            load_network_string(text, fmt)
+        except DbcError:
+            pass
