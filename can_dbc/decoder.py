@@ -193,8 +193,14 @@ class CompiledDecoder:
     """The box's decoder for one (database, mapping): catalog values out of frames."""
 
     def __init__(
-        self, database: Database, mapping: SignalMapping, *, skip_unchanged: bool = True
+        self,
+        database: Database,
+        mapping: SignalMapping,
+        *,
+        skip_unchanged: bool = True,
+        bit_path: bool = True,
     ) -> None:
+        """Compile the decoder. ``bit_path=False`` sends every frame through cantools."""
         self.stats = DecoderStats()
         self.mapping = mapping
         self.skip_unchanged = skip_unchanged
@@ -217,14 +223,19 @@ class CompiledDecoder:
                         f"{message.name} of the database given"
                     ) from None
                 fields.append(_compile_field(mapped, signal))
-            fast = not message.is_multiplexed() and not any(s.is_float for s in message.signals)
+            fast = bit_path and not message.is_multiplexed()
+            fast = fast and not any(s.is_float for s in message.signals)
             self._frames[key] = _Frame(message, tuple(fields), fast)
         self.names: dict[int, str] = {m.id: m.name for m in mapping.signals}
 
     @classmethod
-    def for_mapping(cls, mapping: SignalMapping, *, skip_unchanged: bool = True) -> CompiledDecoder:
+    def for_mapping(
+        cls, mapping: SignalMapping, *, skip_unchanged: bool = True, bit_path: bool = True
+    ) -> CompiledDecoder:
         """A decoder for a mapping and the network it was loaded with."""
-        return cls(mapping.network.database, mapping, skip_unchanged=skip_unchanged)
+        return cls(
+            mapping.network.database, mapping, skip_unchanged=skip_unchanged, bit_path=bit_path
+        )
 
     @property
     def frame_keys(self) -> frozenset[FrameKey]:
