@@ -12,7 +12,18 @@ from hypothesis import strategies as st
 
 from can_dbc.errors import DbcError
 from can_dbc.loader import load_network, load_network_string
-from can_dbc.network import NETWORKS_DIR
+from can_dbc.network import (
+    CAR_FILE,
+    COMMAND_FEEDBACK,
+    COMMAND_REQUEST,
+    NETWORKS_DIR,
+    PSA_CYCLE_TIMES,
+    CommandAction,
+    CommandResult,
+    build_car_dbc,
+    load_car_network,
+)
+from can_dbc.network import main as network_main
 
 DATA = Path(__file__).parent / "data"
 PSA = NETWORKS_DIR / "psa_aee2010_r3.dbc"
@@ -237,3 +248,62 @@ def test_any_text_as_kcd_or_sym_is_loaded_or_a_dbc_error(text: str) -> None:
     for fmt in ("kcd", "sym", "arxml"):
         with contextlib.suppress(DbcError):
             load_network_string(text, fmt)
+
+
+# --- the car network --------------------------------------------------------------------------
+
+
+def test_shipped_car_file_is_what_the_builder_produces() -> None:
+    shipped = (NETWORKS_DIR / CAR_FILE).read_bytes().decode("utf-8")
+    assert shipped == build_car_dbc(), "tcusim_car.dbc is stale: run python -m can_dbc.network"
+    assert network_main(["--check"]) == 0
+
+
+def test_car_network_layout_and_cycle_times() -> None:
+    car = load_car_network()
+    psa = load_network(PSA).database
+    psa_ids = {(m.frame_id, m.is_extended_frame) for m in psa.messages}
+    body = load_network(NETWORKS_DIR / "tcusim_body.dbc", repair=False).database
+    for message in body.messages:
+        assert (message.frame_id, message.is_extended_frame) not in psa_ids, message.name
+    for name, cycle in PSA_CYCLE_TIMES.items():
+        ours, theirs = car.message(name), psa.get_message_by_name(name)
+        assert ours.frame_id == theirs.frame_id
+        assert sorted(str(s) for s in ours.signals) == sorted(str(s) for s in theirs.signals)
+        assert car.cycle_times[name] == cycle
+        assert 10 <= cycle <= 1000
+    assert {m.name for m in car.database.messages} == set(PSA_CYCLE_TIMES) | {
+        m.name for m in body.messages
+    }
+    for message in body.messages:
+        cycle = car.cycle_times[message.name]
+        if message.name == COMMAND_REQUEST:
+            assert cycle is None
+        else:
+            assert cycle is not None
+            assert 100 <= cycle <= 1000, message.name
+    assert [m.name for m in car.cyclic_messages()] == [
+        m.name for m in car.database.messages if m.name != COMMAND_REQUEST
+    ]
+
+
+def test_command_and_privacy_value_tables_match_the_code() -> None:
+    car = load_car_network()
+    request = car.message(COMMAND_REQUEST)
+    feedback = car.message(COMMAND_FEEDBACK)
+    actions = request.get_signal_by_name("CmdAction").choices
+    assert {int(k): str(v) for k, v in actions.items()} == {
+        a.value: "".join(w.capitalize() for w in a.name.split("_")) for a in CommandAction
+    }
+    results = feedback.get_signal_by_name("FbResult").choices
+    assert {int(k): str(v) for k, v in results.items()} == {
+        r.value: "".join(w.capitalize() for w in r.name.split("_")) for r in CommandResult
+    }
+    layout = sorted((s.start, s.length, s.name) for s in request.signals)
+    names = ["CmdCounter", "CmdAction"] + [f"CmdParam{i}" for i in range(6)]
+    assert layout == [(8 * i, 8, name) for i, name in enumerate(names)]
+    layout = sorted((s.start, s.length, s.name) for s in feedback.signals)
+    assert layout == [(0, 8, "FbCounter"), (8, 8, "FbAction"), (16, 8, "FbResult")]
+    privacy = car.message("HU_Privacy").get_signal_by_name("PrivacySetting").choices
+    catalog = car.mapping.by_name("Vehicle.Connectivity.PrivacySetting").spec.enum
+    assert {int(k): str(v) for k, v in privacy.items()} == dict(catalog)
