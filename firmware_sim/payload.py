@@ -313,16 +313,70 @@ def _load(data: bytes) -> Any:
 
 
 def _decode_series(raw: object, index: int) -> Series:
+    """One series; a fast path for well-formed input, :func:`_check_series` for the rest."""
+    if type(raw) is list:
+        if len(raw) == 5:
+            sid, exp, t0, period, values = raw
+            if (
+                type(sid) is int
+                and 0 < sid < 65536
+                and type(exp) is int
+                and -10 < exp < 10
+                and type(t0) is int
+                and type(period) is int
+                and period > 0
+                and type(values) is list
+                and values
+                and set(map(type, values)) <= _INT_ONLY
+            ):
+                last = t0 + (len(values) - 1) * period
+                mantissas = tuple(accumulate(values))
+                if (
+                    t0 >= INT64_MIN
+                    and last <= INT64_MAX
+                    and min(mantissas) >= INT64_MIN
+                    and max(mantissas) <= INT64_MAX
+                ):
+                    return Series(sid, exp, tuple(range(t0, last + 1, period)), mantissas)
+        elif len(raw) == 6:
+            sid, exp, t0, period, values, gaps = raw
+            if (
+                type(sid) is int
+                and 0 < sid < 65536
+                and type(exp) is int
+                and -10 < exp < 10
+                and type(t0) is int
+                and type(period) is int
+                and period == 0
+                and type(values) is list
+                and len(values) > 1
+                and set(map(type, values)) <= _INT_ONLY
+                and type(gaps) is list
+                and len(gaps) == len(values) - 1
+                and set(map(type, gaps)) <= _INT_ONLY
+                and min(gaps) >= 0
+            ):
+                times = tuple(accumulate(gaps, initial=t0))
+                mantissas = tuple(accumulate(values))
+                if (
+                    t0 >= INT64_MIN
+                    and times[-1] <= INT64_MAX
+                    and min(mantissas) >= INT64_MIN
+                    and max(mantissas) <= INT64_MAX
+                ):
+                    return Series(sid, exp, times, mantissas)
+    return _check_series(raw, index)
+
+
+def _check_series(raw: object, index: int) -> Series:
+    """One series, every rule checked in turn so that a failure names its reason."""
     where = f"series[{index}]"
     if type(raw) is not list:
         _fail("bad_series", f"{where} is not an array")
-    if len(raw) == 5:
-        sid, exp, t0, period, values = raw
-        gaps: object = None
-    elif len(raw) == 6:
-        sid, exp, t0, period, values, gaps = raw
-    else:
+    if len(raw) not in (5, 6):
         _fail("bad_series", f"{where} has {len(raw)} elements, expected 5 or 6")
+    sid, exp, t0, period, values = raw[:5]
+    irregular = len(raw) == 6
     if type(sid) is not int or not 1 <= sid <= 65535:
         _fail("bad_series", f"{where}: signal id must be in 1..65535, got {sid!r}")
     where = f"{where} (signal {sid})"
@@ -336,7 +390,7 @@ def _decode_series(raw: object, index: int) -> Series:
         _fail("bad_series", f"{where}: values must be a non-empty array of integers")
     n = len(values)
     times: Sequence[int]
-    if gaps is None:
+    if not irregular:
         if period < 0:
             _fail("bad_times", f"{where}: negative period {period}")
         if period == 0:
@@ -346,6 +400,7 @@ def _decode_series(raw: object, index: int) -> Series:
     else:
         if period != 0:
             _fail("bad_series", f"{where}: gaps need period 0, got {period}")
+        gaps = raw[5]
         if type(gaps) is not list or not set(map(type, gaps)) <= _INT_ONLY:
             _fail("bad_series", f"{where}: gaps must be an array of integers")
         if n < 2:
@@ -404,13 +459,10 @@ def decode_uplink(data: bytes) -> Uplink:
     raw_series = doc[6]
     if type(raw_series) is not list:
         _fail("bad_field", "series (key 6) must be an array")
-    samples = 0
-    for raw in raw_series:
-        if type(raw) is list and len(raw) >= 5 and type(raw[4]) is list:
-            samples += len(raw[4])
+    series = tuple([_decode_series(raw, i) for i, raw in enumerate(raw_series)])
+    samples = sum([len(s.mantissas) for s in series])
     if samples > MAX_SAMPLES:
         _fail("too_large", f"{samples} samples, more than {MAX_SAMPLES}")
-    series = tuple(_decode_series(raw, i) for i, raw in enumerate(raw_series))
     if len({s.signal_id for s in series}) != len(series):
         seen: set[int] = set()
         for s in series:
