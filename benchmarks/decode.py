@@ -1,0 +1,162 @@
+"""Decode throughput: the box's decode pipeline against a bare cantools loop, same run.
+
+For each real capture (the Subaru drive and the Tesla sweep, from ``tests/data/``), the
+frames are read into memory first, then timed, best of ``--repeat`` runs:
+
+* pipeline: ``CompiledDecoder.feed`` over every frame of the capture (unknown ids, error
+  and remote frames included), with the shipped mapping (``can_dbc/networks/*.yaml``);
+* the same pipeline over only the frames whose id the DBC knows (like for like with the
+  baseline), and with the unchanged-bytes skip turned off (the compiled index alone);
+* baseline: ``db.decode_message(frame_id, data)`` over only the frames whose id the DBC
+  knows (it raises on the others), i.e. cantools decoding every signal of every frame.
+
+The ratio is pipeline frames/s over baseline frames/s. The pipeline wins by doing less:
+it skips frames whose bytes did not change and decodes only the mapped signals (and only the
+frames that carry one); the
+like-for-like figures show how much each part gives. Run ``python benchmarks/decode.py``;
+the last line is JSON and is also written to ``benchmarks/results/decode.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import can
+import cantools
+
+from can_dbc.capture import read_capture
+from can_dbc.decoder import CompiledDecoder
+from can_dbc.mapping import load_mapping
+from can_dbc.network import NETWORKS_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+RESULTS = Path(__file__).resolve().parent / "results" / "decode.json"
+
+CAPTURES = {
+    "subaru": ("subaru_can_sample.log", "subaru_sample_can_spec.dbc", "subaru.yaml"),
+    "tesla": (
+        "tesla_candump_Manual_SOC_DogMode_CabinTemp.log",
+        "tesla_Model3CAN.dbc",
+        "tesla_model3.yaml",
+    ),
+}
+
+
+def _best(run: Callable[[], None], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _pipeline(decoder: CompiledDecoder, frames: Sequence[can.Message]) -> Callable[[], None]:
+    def run() -> None:
+        decoder.reset()
+        feed = decoder.feed
+        for msg in frames:
+            feed(msg)
+
+    return run
+
+
+def measure(name: str, repeat: int) -> dict[str, Any]:
+    """The figures for one capture."""
+    log, dbc, mapping_file = CAPTURES[name]
+    frames, _stats = read_capture(DATA / log)
+    mapping = load_mapping(NETWORKS_DIR / mapping_file, network_paths=[DATA / dbc])
+    database = mapping.database
+    known_ids = {(m.frame_id, bool(m.is_extended_frame)) for m in database.messages}
+    known = [
+        msg
+        for msg in frames
+        if not msg.is_error_frame
+        and not msg.is_remote_frame
+        and (msg.arbitration_id, msg.is_extended_id) in known_ids
+    ]
+    pairs = [(msg.arbitration_id, bytes(msg.data)) for msg in known]
+
+    decoder = CompiledDecoder.for_mapping(mapping)
+    pipeline = len(frames) / _best(_pipeline(decoder, frames), repeat)
+    stats = decoder.stats
+    pipeline_known = len(known) / _best(_pipeline(decoder, known), repeat)
+    no_skip = CompiledDecoder.for_mapping(mapping, skip_unchanged=False)
+    pipeline_no_skip = len(known) / _best(_pipeline(no_skip, known), repeat)
+
+    decode_message = database.decode_message
+
+    def baseline_run() -> None:
+        for frame_id, data in pairs:
+            decode_message(frame_id, data)
+
+    baseline = len(pairs) / _best(baseline_run, repeat)
+    return {
+        "frames": len(frames),
+        "known_frames": len(known),
+        "mapped_signals": len(mapping.signals),
+        "unchanged_skipped": stats.unchanged,
+        "pipeline_fps": round(pipeline),
+        "pipeline_known_fps": round(pipeline_known),
+        "pipeline_known_no_skip_fps": round(pipeline_no_skip),
+        "cantools_decode_message_fps": round(baseline),
+        "ratio": round(pipeline / baseline, 2),
+        "ratio_known": round(pipeline_known / baseline, 2),
+        "ratio_known_no_skip": round(pipeline_no_skip / baseline, 2),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; print each figure and a closing JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=7, help="runs per figure (best is kept)")
+    args = parser.parse_args(argv)
+    results: dict[str, Any] = {}
+    for name in CAPTURES:
+        figures = measure(name, args.repeat)
+        results[name] = figures
+        print(
+            f"{name}: {figures['frames']} frames ({figures['known_frames']} of ids the DBC "
+            f"knows, {figures['unchanged_skipped']} skipped as unchanged)"
+        )
+        print(f"  pipeline, every frame:              {figures['pipeline_fps']:>10,} frames/s")
+        print(
+            f"  pipeline, known ids only:           {figures['pipeline_known_fps']:>10,} frames/s"
+        )
+        print(
+            f"  pipeline, known ids, no skip:       "
+            f"{figures['pipeline_known_no_skip_fps']:>10,} frames/s"
+        )
+        print(
+            f"  cantools decode_message, known ids: "
+            f"{figures['cantools_decode_message_fps']:>10,} frames/s"
+        )
+        print(
+            f"  ratio {figures['ratio']} (like for like: {figures['ratio_known']}, "
+            f"without the skip: {figures['ratio_known_no_skip']})"
+        )
+    summary = {
+        "benchmark": "decode",
+        "repeat": args.repeat,
+        "python": platform.python_version(),
+        "cantools": cantools.__version__,
+        "python_can": can.__version__,
+        **results,
+        "ratio_min": min(r["ratio"] for r in results.values()),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
