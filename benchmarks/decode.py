@@ -12,8 +12,9 @@ frames are read into memory first, then timed, best of ``--repeat`` runs:
 
 The ratio is pipeline frames/s over baseline frames/s. The pipeline wins by doing less: it
 skips frames whose bytes did not change and decodes only the mapped signals (and only the
-frames that carry one); the like-for-like figures show how much each part gives. Run ``python benchmarks/decode.py``;
-the last line is JSON and is also written to ``benchmarks/results/decode.json``.
+frames that carry one); the like-for-like figures show how much each part gives. Run
+``python benchmarks/decode.py``; the last line is JSON and is also written to
+``benchmarks/results/decode.json``.
 """
 
 from __future__ import annotations

@@ -80,9 +80,7 @@ class CaptureStats:
 class _Lines:
     """A text file as python-can's readers iterate it, with line numbers and a check."""
 
-    def __init__(
-        self, file: IO[str], stats: CaptureStats, pattern: re.Pattern[str] | None
-    ) -> None:
+    def __init__(self, file: IO[str], stats: CaptureStats, pattern: re.Pattern[str] | None) -> None:
         self._file = file
         self._stats = stats
         self._pattern = pattern

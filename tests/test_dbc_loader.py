@@ -276,12 +276,12 @@ def test_car_network_layout_and_cycle_times() -> None:
         m.name for m in body.messages
     }
     for message in body.messages:
-        cycle = car.cycle_times[message.name]
+        body_cycle = car.cycle_times[message.name]
         if message.name == COMMAND_REQUEST:
-            assert cycle is None
+            assert body_cycle is None
         else:
-            assert cycle is not None
-            assert 100 <= cycle <= 1000, message.name
+            assert body_cycle is not None
+            assert 100 <= body_cycle <= 1000, message.name
     assert [m.name for m in car.cyclic_messages()] == [
         m.name for m in car.database.messages if m.name != COMMAND_REQUEST
     ]
@@ -292,10 +292,12 @@ def test_command_and_privacy_value_tables_match_the_code() -> None:
     request = car.message(COMMAND_REQUEST)
     feedback = car.message(COMMAND_FEEDBACK)
     actions = request.get_signal_by_name("CmdAction").choices
+    assert actions is not None
     assert {int(k): str(v) for k, v in actions.items()} == {
         a.value: "".join(w.capitalize() for w in a.name.split("_")) for a in CommandAction
     }
     results = feedback.get_signal_by_name("FbResult").choices
+    assert results is not None
     assert {int(k): str(v) for k, v in results.items()} == {
         r.value: "".join(w.capitalize() for w in r.name.split("_")) for r in CommandResult
     }
@@ -305,5 +307,6 @@ def test_command_and_privacy_value_tables_match_the_code() -> None:
     layout = sorted((s.start, s.length, s.name) for s in feedback.signals)
     assert layout == [(0, 8, "FbCounter"), (8, 8, "FbAction"), (16, 8, "FbResult")]
     privacy = car.message("HU_Privacy").get_signal_by_name("PrivacySetting").choices
+    assert privacy is not None
     catalog = car.mapping.by_name("Vehicle.Connectivity.PrivacySetting").spec.enum
     assert {int(k): str(v) for k, v in privacy.items()} == dict(catalog)

@@ -47,9 +47,7 @@ def add_subparser(subparsers: Any) -> None:
         metavar="FILE",
         help="a tcusim mapping: output catalog signals (its network unless --dbc is given)",
     )
-    parser.add_argument(
-        "--choices", action="store_true", help="decode value tables to their names"
-    )
+    parser.add_argument("--choices", action="store_true", help="decode value tables to their names")
     parser.add_argument(
         "--summary-only", action="store_true", help="print only the final summary line"
     )
@@ -75,9 +73,7 @@ class _Ranges:
                 seen[1] = value
 
 
-def _summary(
-    stats: DecoderStats, bad_lines: int, ranges: _Ranges, mapped: bool
-) -> dict[str, Any]:
+def _summary(stats: DecoderStats, bad_lines: int, ranges: _Ranges, mapped: bool) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "frames": stats.frames,
         "decoded": stats.decoded,
