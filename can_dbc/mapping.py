@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cantools.database.can import Message, Signal
+from cantools.database.can import Database, Message, Signal
 
 from can_dbc.catalog import Catalog, Refresh, SignalSpec, SignalType, default_catalog
 from can_dbc.errors import MappingError
@@ -147,8 +147,8 @@ class SignalMapping:
         object.__setattr__(self, "_by_name", {m.name: m for m in self.signals})
 
     @property
-    def database(self) -> Any:
-        """The cantools database of the network (a ``cantools.database.can.Database``)."""
+    def database(self) -> Database:
+        """The cantools database of the network."""
         return self.network.database
 
     def frames(self) -> Mapping[FrameKey, tuple[MappedSignal, ...]]:
@@ -261,10 +261,10 @@ def _check_document(document: object, source: str) -> tuple[tuple[str, ...], dic
     return files, signals
 
 
-def _find_message(database: Any, name: str, where: str) -> Message:
+def _find_message(database: Database, name: str, where: str) -> Message:
     for message in database.messages:
         if message.name == name:
-            return message  # type: ignore[no-any-return]
+            return message
     raise MappingError(f"{where}: message {name!r} is not in the network")
 
 
@@ -290,7 +290,7 @@ def _catalog_value(spec: SignalSpec, value: object, where: str) -> int:
 
 
 def _parse_entry(
-    name: object, entry: object, source: str, database: Any, catalog: Catalog
+    name: object, entry: object, source: str, database: Database, catalog: Catalog
 ) -> MappedSignal:
     where = f"{source}: signals[{name!r}]"
     if not isinstance(name, str):
