@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -215,13 +216,8 @@ def load_catalog(path: str | Path) -> Catalog:
     return parse_catalog(document, str(p))
 
 
-_DEFAULT: Catalog | None = None
-
-
+@functools.cache
 def default_catalog() -> Catalog:
     """The catalog shipped with tcusim (loaded once)."""
-    global _DEFAULT
-    if _DEFAULT is None:
-        text = resources.files("can_dbc").joinpath("catalog.yaml").read_text(encoding="utf-8")
-        _DEFAULT = parse_catalog(yaml.safe_load(text), "can_dbc/catalog.yaml")
-    return _DEFAULT
+    text = resources.files("can_dbc").joinpath("catalog.yaml").read_text(encoding="utf-8")
+    return parse_catalog(yaml.safe_load(text), "can_dbc/catalog.yaml")
