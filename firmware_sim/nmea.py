@@ -382,7 +382,6 @@ class FixAssembler:
                 self._gga = sentence
         if self._seen >= self._expect:
             out += self.flush()
-            self._done = t
         return out
 
     def flush(self) -> list[Fix]:
@@ -391,6 +390,8 @@ class FixAssembler:
         when = self._time
         self._time, self._rmc, self._gga = None, None, None
         self._seen = set()
+        if when is not None:
+            self._done = when  # later copies of this epoch are not a new one
         if when is None or (rmc is None and gga is None):
             return []
         lat = gga.lat if gga is not None else rmc.lat if rmc is not None else None

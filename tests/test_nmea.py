@@ -401,6 +401,8 @@ def test_epochs_without_a_fix_give_nothing() -> None:
 
 def test_flush_ends_a_waiting_epoch() -> None:
     a = FixAssembler()
-    assert a.feed(epoch(0)[1]) == []
+    rmc, gga = epoch(0)
+    assert a.feed(gga) == []
     (fix,) = a.flush()
     assert fix.speed_kmh is None and fix.date is None and fix.alt == 30.0
+    assert a.feed(rmc) + a.flush() == []  # the rest of a flushed epoch is not a second fix
