@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -364,9 +365,21 @@ class OpenAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
     with this plugin a persistent session behaves as MQTT says it must.
     """
 
+    watcher: Callable[[str, bool], None] | None = None
+
     async def authenticate(self, *, session: Any) -> bool:
         """Accept every client."""
         return True
+
+    async def on_broker_client_connected(self, *, client_id: str, client_session: Any) -> None:
+        """Tell the watcher a client connected."""
+        if self.watcher is not None:
+            self.watcher(client_id, True)
+
+    async def on_broker_client_disconnected(self, *, client_id: str, client_session: Any) -> None:
+        """Tell the watcher a client's disconnection is complete."""
+        if self.watcher is not None:
+            self.watcher(client_id, False)
 
 
 class EmbeddedBroker:
@@ -386,6 +399,8 @@ class EmbeddedBroker:
         self._stop_event: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._clients: set[str] = set()
+        self._clients_changed = threading.Condition()
 
     @property
     def host(self) -> str:
@@ -426,6 +441,9 @@ class EmbeddedBroker:
             self._ready.set()
             return
         try:
+            plugin = broker.plugins_manager.get_plugin(OpenAuthPlugin.__name__)
+            if plugin is not None:
+                plugin.watcher = self._client_event
             server = broker._servers["default"].instance
             self._port = int(server.sockets[0].getsockname()[1])
             self._ready.set()
@@ -455,6 +473,31 @@ class EmbeddedBroker:
             leftover.cancel()
         if leftovers:
             await asyncio.wait(leftovers, timeout=_SHUTDOWN_TIMEOUT)
+
+    def _client_event(self, client_id: str, connected: bool) -> None:
+        with self._clients_changed:
+            if connected:
+                self._clients.add(client_id)
+            else:
+                self._clients.discard(client_id)
+            self._clients_changed.notify_all()
+
+    @property
+    def connected_clients(self) -> frozenset[str]:
+        """The ids of the clients connected now."""
+        with self._clients_changed:
+            return frozenset(self._clients)
+
+    def wait_client(self, client_id: str, connected: bool, timeout: float = 10.0) -> bool:
+        """Wait until the client's connection (or disconnection) is complete; ``False`` on timeout.
+
+        amqtt drops the QoS 1 messages in flight to a persistent client while it processes
+        that client's disconnection; waiting here before publishing avoids that window.
+        """
+        with self._clients_changed:
+            return self._clients_changed.wait_for(
+                lambda: (client_id in self._clients) == connected, timeout
+            )
 
     def _run(self, port: int) -> None:
         loop = asyncio.new_event_loop()

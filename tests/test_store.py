@@ -298,7 +298,7 @@ def test_status_is_readable() -> None:
 
 def test_a_failed_batch_stores_nothing(tmp_path: Path) -> None:
     path = tmp_path / "g.sqlite3"
-    with SqliteStore(path) as store, SqliteStore(path, timeout=0.05) as other:
+    with SqliteStore(path, timeout=0.05) as store, SqliteStore(path) as other:
         other._conn.execute("BEGIN IMMEDIATE")  # another writer holds the lock
         with pytest.raises(StorageError):
             store.ingest_many([Message("tcusim/v1/x/up", uplink(), 1, VINS[0])])
@@ -385,10 +385,17 @@ def test_any_sequence_of_payloads_keeps_counts_consistent(
             expected_reasons[exc.reason] += 1
             outcomes.append(Outcome.REJECTED)
             continue
+        biggest = max(
+            [u.seq, u.base_time_ms, u.boot, u.evicted]
+            + [u.base_time_ms + t for s in u.series for t in s.times]
+            + [abs(sample_value(m, s.exp)) for s in u.series for m in s.mantissas if s.exp > 0]
+        )
         if u.vin != vin:
             reason = "vin_mismatch"
         elif any(s.signal_id not in SIGNALS for s in u.series):
             reason = "unknown_signal"
+        elif biggest > 2**63 - 1:
+            reason = "out_of_range"
         elif (vin, u.seq) in stored:
             reason = "" if stored[(vin, u.seq)] == raw else "seq_conflict"
             if not reason:

@@ -1,0 +1,496 @@
+"""The ingest: from the broker's ``tcusim/v1/+/up`` and ``+/presence`` topics into the store.
+
+:class:`Gateway` is an asyncio task (aiomqtt). It connects with a persistent session (MQTT
+3.1.1, ``clean_session=False``, a fixed client id) so the broker queues what arrives while
+it is away; subscribes with QoS 1; stores what it receives in batches (one transaction per
+batch); and reconnects with backoff when the broker goes away.
+
+Acknowledgements are manual: the PUBACK of a message is sent only after the transaction
+holding it has committed. A crash between reception and commit therefore loses nothing: the
+broker, never having had the PUBACK, sends the message again to the session, and the store
+counts it as a duplicate if it was in fact stored. As a consequence the broker's in-flight
+window (``max_inflight_messages``) bounds how many messages wait in the gateway's memory.
+
+:class:`GatewayThread` runs a :class:`Gateway` in a background thread with its own loop
+for synchronous callers (the demo, the tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+from aiomqtt.client import MessagesIterator
+
+from gateway.errors import BrokerError, StorageError
+from gateway.store import IngestResult, Kind, Message, Outcome, Store, open_store
+
+__all__ = [
+    "CLIENT_ID",
+    "PRESENCE_FILTER",
+    "UPLINK_FILTER",
+    "Gateway",
+    "GatewayStats",
+    "GatewayThread",
+    "classify_topic",
+    "parse_broker_url",
+    "presence_topic",
+    "uplink_topic",
+]
+
+log = logging.getLogger(__name__)
+
+TOPIC_ROOT = "tcusim/v1"
+UPLINK_FILTER = f"{TOPIC_ROOT}/+/up"
+PRESENCE_FILTER = f"{TOPIC_ROOT}/+/presence"
+CLIENT_ID = "tcusim-gateway"
+
+
+def uplink_topic(vin: str) -> str:
+    """The topic a box publishes its uplinks on."""
+    return f"{TOPIC_ROOT}/{vin}/up"
+
+
+def presence_topic(vin: str) -> str:
+    """The topic of a box's retained presence message."""
+    return f"{TOPIC_ROOT}/{vin}/presence"
+
+
+def classify_topic(topic: str) -> tuple[str | None, Kind]:
+    """``(vin, kind)`` of a topic; ``(None, Kind.UNKNOWN)`` when it is not one of the box's."""
+    parts = topic.split("/")
+    if len(parts) != 4 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT or not parts[2]:
+        return None, Kind.UNKNOWN
+    vin, leaf = parts[2], parts[3]
+    if leaf == Kind.UPLINK.value:
+        return vin, Kind.UPLINK
+    if leaf == Kind.PRESENCE.value:
+        return vin, Kind.PRESENCE
+    return vin, Kind.UNKNOWN
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    """``(host, port)`` of ``mqtt://host:port`` (also ``tcp://``, or a bare ``host[:port]``)."""
+    text = url if "://" in url else f"mqtt://{url}"
+    parts = urlsplit(text)
+    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+        raise BrokerError(f"bad broker URL {url!r}: expected mqtt://HOST[:PORT]")
+    try:
+        port = parts.port or 1883
+    except ValueError as exc:
+        raise BrokerError(f"bad broker URL {url!r}: {exc}") from None
+    return parts.hostname, port
+
+
+@dataclass
+class GatewayStats:
+    """What the gateway has done; ``queue_depth`` is what waits in memory, not yet stored."""
+
+    received: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    presence: int = 0
+    rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    largest_batch: int = 0
+    acked: int = 0
+    queue_depth: int = 0
+    max_queue_depth: int = 0
+    connects: int = 0
+    connection_losses: int = 0
+    store_errors: int = 0
+    connected: bool = False
+    manual_ack: bool = False
+    last_error: str = ""
+
+    def copy(self) -> GatewayStats:
+        """An independent snapshot."""
+        return dataclasses.replace(self, rejected_by_reason=dict(self.rejected_by_reason))
+
+    def count(self, results: list[IngestResult]) -> None:
+        """Add the outcomes of one stored batch."""
+        for r in results:
+            if r.outcome is Outcome.ACCEPTED:
+                self.accepted += 1
+            elif r.outcome is Outcome.DUPLICATE:
+                self.duplicates += 1
+            elif r.outcome is Outcome.PRESENCE:
+                self.presence += 1
+            else:
+                self.rejected += 1
+                reason = r.reason or "unknown"
+                self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
+
+
+def _enable_manual_ack(client: aiomqtt.Client) -> bool:
+    # aiomqtt 2.x does not expose paho's manual acknowledgement; the paho client it wraps
+    # (``_client``) does. Without it a PUBACK leaves on reception, before the commit.
+    paho = getattr(client, "_client", None)
+    if paho is None or not hasattr(paho, "manual_ack_set") or not hasattr(paho, "ack"):
+        return False
+    paho.manual_ack_set(True)
+    return True
+
+
+def _ack(client: aiomqtt.Client, mid: int, qos: int) -> None:
+    client._client.ack(mid, qos)
+
+
+class Gateway:
+    """Ingest the boxes' messages from an MQTT broker into a :class:`Store` until stopped.
+
+    ``batch_size`` caps a transaction; after the first message of a batch the gateway waits
+    at most ``batch_wait`` seconds for more. Bad input never stops it: a message that does not
+    decode, or arrives on an unexpected topic, becomes a kept rejection.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        broker_url: str,
+        *,
+        client_id: str = CLIENT_ID,
+        batch_size: int = 256,
+        batch_wait: float = 0.005,
+        keepalive: int = 30,
+        reconnect_min: float = 0.05,
+        reconnect_max: float = 5.0,
+        on_commit: Callable[[list[IngestResult]], None] | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.store = store
+        self.host, self.port = parse_broker_url(broker_url)
+        self.client_id = client_id
+        self.batch_size = batch_size
+        self.batch_wait = batch_wait
+        self.keepalive = keepalive
+        self.reconnect_min = reconnect_min
+        self.reconnect_max = reconnect_max
+        self.on_commit = on_commit
+        self.stats = GatewayStats()
+        self._stopping: asyncio.Event | None = None
+        self._subscribed: asyncio.Event | None = None
+
+    def _events(self) -> tuple[asyncio.Event, asyncio.Event]:
+        if self._stopping is None or self._subscribed is None:
+            self._stopping, self._subscribed = asyncio.Event(), asyncio.Event()
+        return self._stopping, self._subscribed
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish (call from the gateway's event loop)."""
+        self._events()[0].set()
+
+    async def wait_subscribed(self) -> None:
+        """Return once the gateway is connected and subscribed."""
+        await self._events()[1].wait()
+
+    async def run(self) -> None:
+        """Connect, subscribe and ingest until :meth:`stop`; reconnect when the link drops."""
+        stopping, subscribed = self._events()
+        delay = self.reconnect_min
+        while not stopping.is_set():
+            try:
+                await self._session(stopping, subscribed)
+                delay = self.reconnect_min
+            except (aiomqtt.MqttError, BrokerError) as exc:
+                if self.stats.connected:
+                    self.stats.connection_losses += 1
+                self.stats.last_error = f"broker {self.host}:{self.port}: {exc}"
+                log.warning("%s; reconnecting in %.2f s", self.stats.last_error, delay)
+            finally:
+                self.stats.connected = False
+                subscribed.clear()
+            if stopping.is_set():
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
+            delay = min(delay * 2, self.reconnect_max)
+
+    async def _session(self, stopping: asyncio.Event, subscribed: asyncio.Event) -> None:
+        client = aiomqtt.Client(
+            self.host,
+            self.port,
+            identifier=self.client_id,
+            clean_session=False,
+            keepalive=self.keepalive,
+            protocol=aiomqtt.ProtocolVersion.V311,
+        )
+        self.stats.manual_ack = _enable_manual_ack(client)
+        if not self.stats.manual_ack:
+            log.warning("manual acknowledgements unavailable: a crash may lose a message")
+        async with client:
+            self.stats.connects += 1
+            self.stats.connected = True
+            # Consume from the start: a broker may send the session's queued messages before
+            # it answers SUBSCRIBE, and amqtt waits for their PUBACKs before it does.
+            consumer = asyncio.ensure_future(self._consume(client, stopping))
+            try:
+                subscribing = asyncio.ensure_future(
+                    client.subscribe([(UPLINK_FILTER, 1), (PRESENCE_FILTER, 1)])
+                )
+                await asyncio.wait({subscribing, consumer}, return_when=asyncio.FIRST_COMPLETED)
+                if not subscribing.done():
+                    subscribing.cancel()
+                    await consumer  # it ended first: raises why, or returns on stop
+                    return
+                for code in subscribing.result():
+                    value = code.value if hasattr(code, "value") else int(code)
+                    if value not in (1, 2):
+                        raise BrokerError(f"subscription not granted with QoS 1 (code {value})")
+                subscribed.set()
+                log.info("subscribed to %s and %s", UPLINK_FILTER, PRESENCE_FILTER)
+                await consumer
+            finally:
+                if not consumer.done():
+                    consumer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                        await consumer
+
+    async def _consume(self, client: aiomqtt.Client, stopping: asyncio.Event) -> None:
+        messages = client.messages
+        stop_task = asyncio.ensure_future(stopping.wait())
+        try:
+            while not stopping.is_set():
+                next_task = asyncio.ensure_future(anext(messages))
+                done, _ = await asyncio.wait(
+                    {next_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if next_task not in done:
+                    # Stopping. A message taken off the queue by the cancelled read was not
+                    # acknowledged: the broker will send it again.
+                    next_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                        await next_task
+                    break
+                batch = [next_task.result()]
+                await self._fill(messages, batch)
+                await self._store(client, batch, stopping)
+            # Store, and acknowledge, what has already arrived before leaving.
+            while len(messages):
+                batch = []
+                await self._fill(messages, batch, wait=False)
+                if not await self._store(client, batch, stopping):
+                    break
+        finally:
+            stop_task.cancel()
+
+    async def _fill(
+        self, messages: MessagesIterator, batch: list[aiomqtt.Message], wait: bool = True
+    ) -> None:
+        """Add what is already queued to ``batch``; wait ``batch_wait`` once if it is not full."""
+        waited = not wait or self.batch_wait <= 0
+        while len(batch) < self.batch_size:
+            depth = len(messages)
+            self.stats.queue_depth = depth
+            self.stats.max_queue_depth = max(self.stats.max_queue_depth, depth + len(batch))
+            if depth:
+                # The queue is not empty: this read returns at once, nothing can be lost.
+                batch.append(await anext(messages))
+                continue
+            if waited:
+                break
+            waited = True
+            log.debug("holding %d messages, waiting %g s for more", len(batch), self.batch_wait)
+            await asyncio.sleep(self.batch_wait)
+
+    async def _store(
+        self, client: aiomqtt.Client, batch: list[aiomqtt.Message], stopping: asyncio.Event
+    ) -> bool:
+        """Store a batch in one transaction (retrying while the store fails), then ack it."""
+        now_ms = time.time_ns() // 1_000_000
+        inbound = []
+        for m in batch:
+            topic = m.topic.value
+            vin, kind = classify_topic(topic)
+            payload = m.payload if isinstance(m.payload, bytes | bytearray) else b""
+            inbound.append(Message(topic, bytes(payload), now_ms, vin, kind))
+        self.stats.received += len(batch)
+        delay = self.reconnect_min
+        while True:
+            try:
+                results = await asyncio.to_thread(self.store.ingest_many, inbound)
+                break
+            except StorageError as exc:
+                # Nothing of the batch is stored nor acknowledged: try again, never drop.
+                # When stopping, give up: the broker sends the unacknowledged batch again.
+                self.stats.store_errors += 1
+                self.stats.last_error = str(exc)
+                log.error("cannot store a batch of %d messages: %s", len(batch), exc)
+                if stopping.is_set():
+                    return False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.reconnect_max)
+        if self.stats.manual_ack:
+            for m in batch:
+                if m.qos > 0:
+                    _ack(client, m.mid, m.qos)
+                    self.stats.acked += 1
+        self.stats.batches += 1
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        self.stats.count(results)
+        if self.on_commit is not None:
+            self.on_commit(results)
+        return True
+
+
+class GatewayThread:
+    """A :class:`Gateway` in a background thread with its own event loop.
+
+    ``db`` is a path or a ``sqlite://`` URL. ``wait_until(predicate, timeout)`` evaluates
+    ``predicate(store)`` against a reader of the database after each commit until it holds.
+    """
+
+    def __init__(self, db: str | Path, broker_url: str, **gateway_options: Any) -> None:
+        self.db = str(db)
+        self.broker_url = broker_url
+        self._options = gateway_options
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._gateway: Gateway | None = None
+        self._writer: Store | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._commits = 0
+        self._changed = threading.Condition()
+        self._readers = threading.local()
+        self._reader_stores: list[Store] = []
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id of the gateway's persistent session."""
+        return str(self._options.get("client_id", CLIENT_ID))
+
+    @property
+    def running(self) -> bool:
+        """Whether the gateway's thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def stats(self) -> GatewayStats:
+        """A snapshot of the gateway's counters."""
+        gateway = self._gateway
+        return gateway.stats.copy() if gateway is not None else GatewayStats()
+
+    def _on_commit(self, results: list[IngestResult]) -> None:
+        with self._changed:
+            self._commits += 1
+            self._changed.notify_all()
+
+    async def _main(self) -> None:
+        assert self._writer is not None
+        gateway = Gateway(self._writer, self.broker_url, on_commit=self._on_commit, **self._options)
+        self._gateway = gateway
+        runner = asyncio.ensure_future(gateway.run())
+        subscribed = asyncio.ensure_future(gateway.wait_subscribed())
+        await asyncio.wait({runner, subscribed}, return_when=asyncio.FIRST_COMPLETED)
+        self._started.set()
+        subscribed.cancel()
+        await runner
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._main())
+        except BaseException as exc:
+            self._error = exc
+            log.exception("the gateway stopped on an error")
+        finally:
+            self._started.set()
+            loop.close()
+            with self._changed:
+                self._changed.notify_all()
+
+    def start(self, connect_timeout: float | None = 10.0) -> None:
+        """Start; wait (bounded) until subscribed unless ``connect_timeout`` is ``None``."""
+        if self.running:
+            return
+        self._writer = open_store(self.db)
+        self._started.clear()
+        self._error = None
+        self._thread = threading.Thread(target=self._run, name="tcusim-gateway", daemon=True)
+        self._thread.start()
+        if connect_timeout is None:
+            return
+        if not self._started.wait(connect_timeout) or self._error is not None:
+            error = self._error
+            last = self.stats.last_error
+            self.stop()
+            raise BrokerError(
+                f"the gateway did not subscribe to {self.broker_url} within "
+                f"{connect_timeout:g} s: {error or last or 'no connection'}"
+            )
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Store and acknowledge what has arrived, disconnect, and join the thread."""
+        thread, loop, gateway = self._thread, self._loop, self._gateway
+        if thread is None:
+            return
+        if loop is not None and gateway is not None and thread.is_alive():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(gateway.stop)
+        thread.join(timeout)
+        if thread.is_alive():
+            raise BrokerError(f"the gateway did not stop within {timeout:g} s")
+        self._thread = None
+        self._loop = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        for reader in self._reader_stores:
+            reader.close()
+        self._reader_stores.clear()
+        self._readers = threading.local()
+
+    def reader(self) -> Store:
+        """A store to read the database from the calling thread."""
+        store: Store | None = getattr(self._readers, "store", None)
+        if store is None:
+            if self.db in (":memory:", "sqlite://", "sqlite:///:memory:"):
+                if self._writer is None:
+                    raise StorageError("an in-memory database can be read only while running")
+                return self._writer
+            store = open_store(self.db)
+            self._readers.store = store
+            self._reader_stores.append(store)
+        return store
+
+    def _changed_since(self, seen: int) -> bool:
+        return self._commits != seen or not self.running
+
+    def wait_until(self, predicate: Callable[[Store], bool], timeout: float = 10.0) -> bool:
+        """Whether ``predicate(store)`` held within ``timeout`` s (checked after each commit)."""
+        store = self.reader()
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._changed:
+                seen = self._commits
+            if predicate(store):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with self._changed:
+                self._changed.wait_for(partial(self._changed_since, seen), remaining)
+            if not self.running:
+                return bool(predicate(store))
+
+    def __enter__(self) -> GatewayThread:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
