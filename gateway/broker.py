@@ -163,7 +163,6 @@ class MosquittoBroker:
         startup_timeout: float = 10.0,
     ) -> None:
         self._binary = binary or find_mosquitto()
-        self._requested_port = port
         self._port: int | None = port
         self._owns_dir = data_dir is None
         self._data_dir = Path(data_dir) if data_dir is not None else None
@@ -391,7 +390,6 @@ class EmbeddedBroker:
     """
 
     def __init__(self, port: int | None = None, *, startup_timeout: float = 10.0) -> None:
-        self._requested_port = port
         self._port: int | None = port
         self.startup_timeout = startup_timeout
         self._thread: threading.Thread | None = None

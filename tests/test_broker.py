@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -214,3 +215,36 @@ def test_two_embedded_brokers_run_side_by_side(
             sub.subscribe("x", 1)
             mqtt_client(b, unique_id("p")).connect().publish("x", str(b.port).encode())
             assert sub.get(1)[0].payload == str(b.port).encode()
+
+
+def _wait_for_save(db: Path, after_ns: int, timeout: float = 10.0) -> bool:
+    """Whether Mosquitto rewrote its database after ``after_ns`` within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if db.exists() and db.stat().st_mtime_ns > after_ns:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@needs_mosquitto
+def test_mosquitto_killed_after_an_autosave_keeps_queued_messages(
+    tmp_path: Path, mqtt_client: Callable[..., object], unique_id: Callable[[str], str]
+) -> None:
+    with MosquittoBroker(data_dir=tmp_path) as mosquitto:
+        sub_id = unique_id("gw")
+        sub = mqtt_client(mosquitto, sub_id, clean_session=False).connect()
+        sub.subscribe("crash/#", 1)
+        sub.disconnect()
+        pub = mqtt_client(mosquitto, unique_id("box")).connect()
+        sent = [("crash/a", f"{i}".encode()) for i in range(25)]
+        pub.publish_many(sent)
+        pub.disconnect()
+        acked_ns = time.time_ns()
+        # Crash-safe from the next autosave on (autosave_interval 1 s), not before it.
+        assert _wait_for_save(tmp_path / "mosquitto.db", acked_ns)
+        mosquitto.kill()
+        mosquitto.start()
+        back = mqtt_client(mosquitto, sub_id, clean_session=False).connect()
+        got = back.get(len(sent))
+        assert [m.payload for m in got] == [p for _t, p in sent]

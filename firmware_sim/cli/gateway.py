@@ -129,7 +129,8 @@ def _print_table(status: dict[str, Any], rejections: Sequence[dict[str, Any]], o
         header = ("signal", "value", "unit", "time")
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
         for row in [header, *rows]:
-            print("  ".join(f"{c!s:<{w}}" for c, w in zip(row, widths, strict=True)), file=out)
+            line = "  ".join(f"{c!s:<{w}}" for c, w in zip(row, widths, strict=True))
+            print(line.rstrip(), file=out)
     if rejections:
         print(file=out)
         print("last rejections:", file=out)
