@@ -45,6 +45,7 @@ LOOPBACK = "127.0.0.1"
 _MOSQUITTO_DIRS = ("/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin")
 _PORT_ATTEMPTS = 5
 _SHUTDOWN_TIMEOUT = 5.0
+TEST_BROKER_ENV = "TCUSIM_TEST_BROKER"
 
 
 class Broker(Protocol):
@@ -108,14 +109,23 @@ def find_mosquitto() -> str | None:
 
 
 def broker_available() -> str:
-    """Which broker :func:`start_test_broker` starts here: ``"mosquitto"`` or ``"embedded"``."""
+    """Which broker :func:`start_test_broker` starts here: ``"mosquitto"`` or ``"embedded"``.
+
+    Mosquitto when its binary exists, unless ``TCUSIM_TEST_BROKER=embedded`` asks for the
+    embedded one (to run the tests as a machine without Mosquitto would).
+    """
+    if os.environ.get(TEST_BROKER_ENV, "").strip().lower() == "embedded":
+        return "embedded"
     return "mosquitto" if find_mosquitto() else "embedded"
 
 
 def start_test_broker(data_dir: str | Path | None = None) -> MosquittoBroker | EmbeddedBroker:
-    """A started broker: Mosquitto when its binary exists, else the embedded one."""
+    """A started broker, the one :func:`broker_available` names."""
     broker: MosquittoBroker | EmbeddedBroker
-    broker = MosquittoBroker(data_dir=data_dir) if find_mosquitto() else EmbeddedBroker()
+    if broker_available() == "mosquitto":
+        broker = MosquittoBroker(data_dir=data_dir)
+    else:
+        broker = EmbeddedBroker()
     broker.start()
     return broker
 

@@ -195,8 +195,11 @@ def test_port_is_unknown_before_start() -> None:
         _ = EmbeddedBroker().port
 
 
-def test_broker_available_names_the_one_used() -> None:
+def test_broker_available_names_the_one_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TCUSIM_TEST_BROKER", raising=False)
     assert broker_available() == ("mosquitto" if find_mosquitto() else "embedded")
+    monkeypatch.setenv("TCUSIM_TEST_BROKER", "embedded")
+    assert broker_available() == "embedded"
 
 
 def test_free_port_is_bindable() -> None:

