@@ -35,6 +35,8 @@ __all__ = [
     "Broker",
     "EmbeddedBroker",
     "MosquittoBroker",
+    "MosquittoSettings",
+    "OpenAuthPlugin",
     "broker_available",
     "find_mosquitto",
     "free_port",
