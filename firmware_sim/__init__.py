@@ -2,6 +2,7 @@
 
 from firmware_sim.errors import (
     ConfigError,
+    InterfaceError,
     LifecycleError,
     NmeaError,
     PayloadError,
@@ -12,6 +13,7 @@ from firmware_sim.errors import (
 
 __all__ = [
     "ConfigError",
+    "InterfaceError",
     "LifecycleError",
     "NmeaError",
     "PayloadError",

@@ -8,6 +8,7 @@
      +-- NmeaError        an NMEA sentence that is rejected (``reason`` says why)
      +-- StoreError       the durable queue (the box's flash) cannot be opened or written
      +-- UplinkError      the MQTT uplink cannot be set up
+     +-- InterfaceError   a CAN interface or a GNSS port cannot be opened
      +-- LifecycleError   an object used before it was opened or after it was closed
 """
 
@@ -46,6 +47,10 @@ class StoreError(TcuError):
 
 class UplinkError(TcuError):
     """The MQTT uplink cannot be configured or connected."""
+
+
+class InterfaceError(TcuError):
+    """A CAN interface or a GNSS serial port cannot be opened."""
 
 
 class LifecycleError(TcuError):
