@@ -1,0 +1,146 @@
+"""``tcusim vehicle run``: the box in wall-clock time on real (or virtual) interfaces."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import serial
+
+from can_dbc.decoder import CompiledDecoder
+from can_dbc.mapping import load_mapping
+from can_dbc.network import load_car_network
+from firmware_sim.box import Tcu
+from firmware_sim.clock import WallScheduler
+from firmware_sim.config import TcuConfig, UplinkConfig, parse_broker_url
+from firmware_sim.gnss import GnssReader, GnssSource
+from firmware_sim.runner import open_bus, run_wall_clock
+from firmware_sim.sim.drive import city_drive
+from firmware_sim.sim.physics import VehicleState
+from firmware_sim.sim.vehicle import SimVehicle
+
+
+def add_subparser(subparsers: Any) -> None:
+    """Register ``tcusim vehicle``."""
+    parser = subparsers.add_parser("vehicle", help="run the box on real or virtual interfaces")
+    commands = parser.add_subparsers(dest="vehicle_command", metavar="ACTION", required=True)
+    run = commands.add_parser(
+        "run",
+        help="run the box in wall-clock time",
+        description="Run the box in wall-clock time on a CAN interface (any python-can "
+        "interface: socketcan, virtual, slcan, pcan, ...), an optional GNSS serial port, and "
+        "an MQTT broker.",
+    )
+    run.add_argument("--vin", required=True, help="the car's VIN (17 characters)")
+    run.add_argument("--model-year", type=int, help="override the model year the VIN gives")
+    run.add_argument(
+        "--services", default="connected_car", help="subscribed services, comma-separated"
+    )
+    run.add_argument(
+        "--broker", required=True, help="mqtt://[user:password@]host:port (mqtts:// for TLS)"
+    )
+    run.add_argument("--tls-ca", help="CA certificate file for mqtts://")
+    run.add_argument("--tls-cert", help="client certificate file")
+    run.add_argument("--tls-key", help="client key file")
+    run.add_argument(
+        "--can-interface", default="virtual", help="python-can interface (default: virtual)"
+    )
+    run.add_argument("--can-channel", default="vcan0", help="channel, e.g. can0 (default: vcan0)")
+    run.add_argument("--bitrate", type=int, help="bitrate for interfaces that set it")
+    run.add_argument("--gnss", help="GNSS serial port or pyserial URL, e.g. /dev/ttyUSB0")
+    run.add_argument("--gnss-baud", type=int, default=9600, help="GNSS baud rate (default 9600)")
+    run.add_argument(
+        "--mapping", type=Path, help="signal mapping file (default: the project's car)"
+    )
+    run.add_argument(
+        "--dbc", type=Path, action="append", default=[], help="network file the mapping names"
+    )
+    run.add_argument(
+        "--data-dir", type=Path, default=Path("tcusim-data/vehicle"), help="the box's flash"
+    )
+    run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument(
+        "--simulate",
+        action="store_true",
+        help="also run the simulated car on the same (virtual) bus, driving a commute",
+    )
+    run.set_defaults(func=run_vehicle)
+
+
+def run_vehicle(args: argparse.Namespace) -> int:
+    """Run the box until Ctrl-C or ``--duration``; print what it did."""
+    config = TcuConfig.from_mapping(
+        {
+            "vin": args.vin,
+            "model_year": args.model_year,
+            "services": [s for s in args.services.split(",") if s],
+        }
+    )
+    uplink = UplinkConfig(
+        broker=parse_broker_url(args.broker),
+        ca_file=args.tls_ca,
+        cert_file=args.tls_cert,
+        key_file=args.tls_key,
+    )
+    if args.mapping is not None:
+        mapping = load_mapping(args.mapping, network_paths=args.dbc or None)
+    else:
+        mapping = load_car_network().mapping
+    options = {"bitrate": args.bitrate} if args.bitrate else {}
+    scheduler = WallScheduler()
+    stop = threading.Event()
+    with contextlib.ExitStack() as stack:
+        bus = open_bus(args.can_interface, args.can_channel, **options)
+        stack.callback(bus.shutdown)
+        gnss_line = None
+        if args.simulate:
+            car_bus = open_bus(args.can_interface, args.can_channel, **options)
+            stack.callback(car_bus.shutdown)
+            gnss_line = serial.serial_for_url("loop://", timeout=0) if not args.gnss else None
+            vehicle = SimVehicle(
+                mapping,
+                VehicleState(),
+                city_drive(max(2.0, (args.duration or 600) / 60)),
+                car_bus,
+                scheduler,
+                gnss=GnssSource(gnss_line) if gnss_line is not None else None,
+            )
+            vehicle.start()
+        gnss = None
+        if args.gnss:
+            gnss = GnssReader(args.gnss, baudrate=args.gnss_baud)
+            gnss.open()
+            stack.callback(gnss.close)
+        elif gnss_line is not None:
+            gnss = GnssReader(gnss_line)
+        box = Tcu(
+            config,
+            data_dir=args.data_dir,
+            decoder=CompiledDecoder.for_mapping(mapping),
+            scheduler=scheduler,
+            uplink=uplink,
+            bus=bus,
+            gnss=gnss,
+        )
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        stack.callback(signal.signal, signal.SIGTERM, previous)
+        box.boot()
+        try:
+            run_wall_clock(box, scheduler, duration_s=args.duration, stop=stop)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            box.shutdown(drain_timeout=5.0)
+        stats = box.decoder.stats
+        core = box.core.stats if box.core else None
+        print(
+            f"frames {box.stats.frames}, decoded {stats.decoded}, unknown id {stats.unknown_id}, "
+            f"errors {stats.errors}; fixes {box.stats.fixes}; uploads {box.stats.uploads_enqueued} "
+            f"({dict(core.uploads_by_trigger) if core else {}}); "
+            f"queued {box.flash.depth if box.flash else 0}"
+        )
+    return 0
