@@ -281,6 +281,10 @@ class TcuCore:
         """Samples collected and not yet packed into an upload."""
         return sum(len(v) for v in self._pending.values())
 
+    def pending_samples(self) -> list[Sample]:
+        """The samples collected and not yet packed into an upload."""
+        return [s for samples in self._pending.values() for s in samples]
+
     def _sample(self, spec: SignalSpec, now_ms: int, value: float | int) -> Sample:
         sample_id = self._next_sample_id
         self._next_sample_id += 1

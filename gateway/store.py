@@ -136,6 +136,20 @@ class Rejection:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredPayload:
+    """One accepted upload as it arrived."""
+
+    seq: int
+    boot: int
+    trigger: int
+    privacy: int
+    base_time_ms: int
+    received_at_ms: int
+    n_samples: int
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Vehicle:
     """What the gateway knows about one box."""
 
@@ -251,6 +265,10 @@ class Store(ABC):
     @abstractmethod
     def sample_count(self, vin: str | None = None) -> int:
         """Stored samples (of one vehicle, or of all)."""
+
+    @abstractmethod
+    def payloads(self, vin: str) -> list[StoredPayload]:
+        """Every accepted payload of one vehicle, by sequence number."""
 
     @abstractmethod
     def samples(self, vin: str, signal_id: int | None = None) -> list[tuple[int, int, Value]]:
@@ -683,6 +701,15 @@ class SqliteStore(Store):
             params.append(signal_id)
         rows = self._query(sql + " ORDER BY signal_id, t_ms, rowid", params)
         return [(int(r[0]), int(r[1]), r[2]) for r in rows]
+
+    def payloads(self, vin: str) -> list[StoredPayload]:
+        """Every accepted payload of one vehicle, by sequence number."""
+        rows = self._query(
+            "SELECT seq, boot, trigger, privacy, base_time_ms, received_at_ms, n_samples, raw "
+            "FROM payloads WHERE vin = ? ORDER BY seq",
+            (vin,),
+        )
+        return [StoredPayload(*(int(v) for v in r[:7]), bytes(r[7])) for r in rows]
 
     def last_state(self, vin: str) -> dict[int, tuple[int, Value]]:
         """The latest ``(t_ms, value)`` of each signal of one vehicle."""
