@@ -709,7 +709,19 @@ class SqliteStore(Store):
             "FROM payloads WHERE vin = ? ORDER BY seq",
             (vin,),
         )
-        return [StoredPayload(*(int(v) for v in r[:7]), bytes(r[7])) for r in rows]
+        return [
+            StoredPayload(
+                seq=int(r[0]),
+                boot=int(r[1]),
+                trigger=int(r[2]),
+                privacy=int(r[3]),
+                base_time_ms=int(r[4]),
+                received_at_ms=int(r[5]),
+                n_samples=int(r[6]),
+                raw=bytes(r[7]),
+            )
+            for r in rows
+        ]
 
     def last_state(self, vin: str) -> dict[int, tuple[int, Value]]:
         """The latest ``(t_ms, value)`` of each signal of one vehicle."""
