@@ -154,5 +154,6 @@ def test_queue_survives_kill_9(tmp_path: Path) -> None:
     assert committed == sorted(set(committed)) and set(committed) <= queued
     assert sorted(queued) == list(range(len(queued)))
     assert state.next_seq == len(queued) and state.boot == 3
-    # At most the one sample journaled just before the kill is still waiting to be packed.
-    assert len(state.pending) <= 1
+    # At most the one sample journaled just before each kill is still waiting to be packed
+    # (this writer does not pack what it finds at boot).
+    assert len(state.pending) <= 2
