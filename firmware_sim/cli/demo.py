@@ -9,8 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from can_dbc.catalog import default_catalog
 from firmware_sim.clock import SimScheduler
 from firmware_sim.config import TcuConfig
+from firmware_sim.core import POSITION_SIGNALS, PRIVACY_SIGNAL
+from firmware_sim.payload import Privacy
 from firmware_sim.sim.drive import city_drive
 from firmware_sim.sim.session import SimulatedCar
 from gateway.broker import EmbeddedBroker
@@ -72,7 +75,11 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
         car.start()
-        car.run_for(args.minutes * 60)
+        # Three quarters in, the driver turns location sharing off (privacy "Geolocation").
+        privacy_at = round(args.minutes * 60 * 0.75)
+        car.run_for(privacy_at)
+        car.vehicle.apply({PRIVACY_SIGNAL: int(Privacy.GEOLOCATION)})
+        car.run_for(args.minutes * 60 - privacy_at)
         enqueued = car.box.stats.uploads_enqueued
         evicted = len(car.box.stats.evicted)
         stats = car.box.decoder.stats
@@ -83,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
         expected = enqueued - evicted
         gateway.wait_until(lambda store: store.payload_count(config.vin) >= expected, timeout=30.0)
         store = gateway.reader()
+        latitude = default_catalog().by_name(POSITION_SIGNALS[0]).id
+        positions = [t for _sid, t, _v in store.samples(config.vin, latitude)]
+        privacy_ms = START_MS + privacy_at * 1000
         summary = {
             "vin": config.vin,
             "model_year": config.model_year,
@@ -96,12 +106,16 @@ def run(args: argparse.Namespace) -> int:
             "gnss_fixes": car.box.stats.fixes,
             "samples": core_stats.samples if core_stats else 0,
             "samples_pending": pending,
+            "withheld_by_privacy": core_stats.withheld_by_privacy if core_stats else 0,
             "uploads_by_trigger": dict(core_stats.uploads_by_trigger) if core_stats else {},
             "uploads": enqueued,
             "bytes_sent": bytes_sent,
             "queue_drained": drained,
             "stored_payloads": store.payload_count(config.vin),
             "stored_samples": store.sample_count(config.vin),
+            "privacy_geolocation_at_s": privacy_at,
+            "positions_before_privacy": sum(t < privacy_ms for t in positions),
+            "positions_after_privacy": sum(t > privacy_ms + 1000 for t in positions),
             "rejected": len(store.rejections()),
             "seq_gaps": len(store.seq_gaps(config.vin)),
             "data_dir": str(data_dir),
@@ -111,7 +125,12 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         _print_summary(summary)
-    ok = summary["stored_payloads"] == expected and not summary["seq_gaps"] and drained
+    ok = (
+        summary["stored_payloads"] == expected
+        and not summary["seq_gaps"]
+        and not summary["positions_after_privacy"]
+        and drained
+    )
     return 0 if ok else 1
 
 
@@ -129,7 +148,8 @@ def _print_summary(s: dict[str, Any]) -> None:
         ("GNSS fixes", f"{s['gnss_fixes']:,}"),
         (
             "samples collected",
-            f"{s['samples']:,} ({s['samples_pending']} kept in flash for the next upload)",
+            f"{s['samples']:,} ({s['samples_pending']} kept in flash for the next upload; "
+            f"{s['withheld_by_privacy']:,} withheld by privacy)",
         ),
         (
             "uploads by trigger",
@@ -140,6 +160,12 @@ def _print_summary(s: dict[str, Any]) -> None:
             "gateway rows stored",
             f"{s['stored_payloads']} payloads, {s['stored_samples']:,} samples",
         ),
+        (
+            "privacy",
+            f"location off at {s['privacy_geolocation_at_s']} s: "
+            f"{s['positions_before_privacy']} positions stored before, "
+            f"{s['positions_after_privacy']} after",
+        ),
         ("rejected / gaps", f"{s['rejected']} / {s['seq_gaps']}"),
         ("data directory", s["data_dir"]),
     ]
@@ -147,3 +173,4 @@ def _print_summary(s: dict[str, Any]) -> None:
     print("tcusim demo summary")
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
+    print(f"\nInspect it: tcusim gateway status {s['vin']} --db {s['data_dir']}/gateway.sqlite3")

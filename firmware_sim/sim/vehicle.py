@@ -37,6 +37,7 @@ class Ecu:
     signals: tuple[str, ...]
     last_values: tuple[float | int, ...] | None = None
     last_data: bytes = b""
+    next_ms: int = 0  # elapsed time of the next send
 
 
 class SimVehicle:
@@ -129,8 +130,10 @@ class SimVehicle:
         send = self.bus.send
         timestamp = now_ms / 1000
         for ecu in self.ecus:
-            if elapsed_ms % ecu.cycle_ms:
+            if elapsed_ms < ecu.next_ms:
                 continue
+            # On a late clock (wall time) keep the cycle's phase and skip what was missed.
+            ecu.next_ms += ecu.cycle_ms * max(1, (elapsed_ms - ecu.next_ms) // ecu.cycle_ms + 1)
             current = tuple(values[name] for name in ecu.signals)
             if current != ecu.last_values:
                 ecu.last_data = self.encoder.encode(

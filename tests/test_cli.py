@@ -1,0 +1,145 @@
+"""The ``tcusim`` command line, run as users run it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from firmware_sim.cli import main
+
+
+def run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, dict[str, object]]:
+    status = main(argv)
+    out = capsys.readouterr().out.strip().splitlines()
+    return status, json.loads(out[-1])
+
+
+def test_help_lists_every_subcommand() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "firmware_sim", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for command in ("demo", "vehicle", "decode", "gateway"):
+        assert command in out
+
+
+def test_demo_on_the_embedded_broker(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, summary = run_json(
+        capsys, ["demo", "--minutes", "3", "--data-dir", str(tmp_path), "--json"]
+    )
+    assert status == 0
+    assert summary["broker"] != "" and summary["queue_drained"] is True
+    assert summary["stored_payloads"] == summary["uploads"]
+    assert summary["seq_gaps"] == 0 and summary["rejected"] == 0
+    triggers = summary["uploads_by_trigger"]
+    assert isinstance(triggers, dict)
+    assert triggers["periodic"] == 3 and triggers["door"] == 4 and triggers["privacy"] == 1
+    assert summary["positions_before_privacy"] and not summary["positions_after_privacy"]
+
+
+def test_demo_on_mosquitto(
+    tmp_path: Path, broker: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = broker.url  # type: ignore[attr-defined]
+    status, summary = run_json(
+        capsys,
+        [
+            "demo",
+            "--minutes",
+            "2",
+            "--data-dir",
+            str(tmp_path),
+            "--broker",
+            url,
+            "--json",
+            "--vin",
+            "VR3UHZKXZLT000401",
+        ],
+    )
+    assert status == 0 and summary["broker"] == url and summary["model_year"] == 2020
+    assert summary["stored_payloads"] == summary["uploads"]
+    triggers = summary["uploads_by_trigger"]
+    assert isinstance(triggers, dict) and triggers["periodic"] == 12  # every 10 s
+
+
+def test_gateway_status_of_the_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["demo", "--minutes", "2", "--data-dir", str(tmp_path), "--json"])
+    capsys.readouterr()
+    db = str(tmp_path / "gateway.sqlite3")
+    assert main(["gateway", "status", "VR3UHZKXZHT000042", "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "Vehicle.Speed" in out and "seq gaps" in out
+    assert main(["gateway", "status", "VR3UHZKXZHT000999", "--db", db]) == 1
+
+
+def test_vehicle_run_in_wall_clock_time_with_the_simulated_car(
+    tmp_path: Path, broker: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(
+        [
+            "vehicle",
+            "run",
+            "--simulate",
+            "--vin",
+            "VR3UHZKXZHT000402",
+            "--can-interface",
+            "virtual",
+            "--can-channel",
+            "cli-wall-clock",
+            "--broker",
+            broker.url,  # type: ignore[attr-defined]
+            "--data-dir",
+            str(tmp_path),
+            "--duration",
+            "1.5",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert status == 0
+    frames = int(out.split("frames ")[1].split(",")[0])
+    assert frames > 100  # the simulated ECUs send about 300 frames a second
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["vehicle", "run", "--vin", "SHORT", "--broker", "mqtt://127.0.0.1"], "VIN"),
+        (["vehicle", "run", "--vin", "VR3UHZKXZHT000403", "--broker", "ftp://x"], "scheme"),
+        (
+            [
+                "vehicle",
+                "run",
+                "--vin",
+                "VR3UHZKXZHT000403",
+                "--broker",
+                "mqtt://127.0.0.1",
+                "--can-interface",
+                "no-such-interface",
+            ],
+            "cannot open CAN interface",
+        ),
+        (
+            [
+                "vehicle",
+                "run",
+                "--vin",
+                "VR3UHZKXZHT000403",
+                "--broker",
+                "mqtt://127.0.0.1",
+                "--services",
+                "connected_car,teleportation",
+            ],
+            "unknown service",
+        ),
+    ],
+)
+def test_bad_input_is_one_clear_line(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main([*argv, "--data-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("tcusim: error:") and message in err and "Traceback" not in err
