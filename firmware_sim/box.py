@@ -35,8 +35,8 @@ from firmware_sim.uplink import MqttUplink
 
 if TYPE_CHECKING:
     import can
-    from can_dbc.decoder import CompiledDecoder
 
+    from can_dbc.decoder import CompiledDecoder
     from firmware_sim.gnss import GnssReader
 
 __all__ = ["BoxStats", "Tcu"]
