@@ -143,7 +143,8 @@ class CoreStats:
 
     samples: int = 0
     uploads_by_trigger: dict[str, int] = field(default_factory=dict)
-    withheld_by_privacy: int = 0
+    withheld_by_privacy: int = 0  # samples not taken because of the privacy setting
+    dropped_by_privacy: int = 0  # samples taken, then withdrawn when the setting tightened
     not_subscribed: int = 0
 
 
@@ -348,7 +349,7 @@ class TcuCore:
                     dropped.append(sample.id)
             self._pending[refresh] = keep
         if dropped:
-            self.stats.withheld_by_privacy += len(dropped)
+            self.stats.dropped_by_privacy += len(dropped)
             actions.append(DropSamples(tuple(dropped), f"privacy:{privacy.name.lower()}"))
         actions.append(RestrictQueue(privacy, self.allowed))
         # The change itself is announced, so the cloud can show what the driver chose;

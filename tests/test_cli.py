@@ -34,6 +34,10 @@ def test_demo_on_the_embedded_broker(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert summary["broker"] != "" and summary["queue_drained"] is True
     assert summary["stored_payloads"] == summary["uploads"]
     assert summary["seq_gaps"] == 0 and summary["rejected"] == 0
+    # Every sample is stored, kept for the next upload, or withdrawn by the driver's choice.
+    assert summary["samples"] == (
+        summary["stored_samples"] + summary["samples_pending"] + summary["dropped_by_privacy"]
+    )
     triggers = summary["uploads_by_trigger"]
     assert isinstance(triggers, dict)
     assert triggers["periodic"] == 3 and triggers["door"] == 4 and triggers["privacy"] == 1

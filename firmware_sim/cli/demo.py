@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
             "samples": core_stats.samples if core_stats else 0,
             "samples_pending": pending,
             "withheld_by_privacy": core_stats.withheld_by_privacy if core_stats else 0,
+            "dropped_by_privacy": core_stats.dropped_by_privacy if core_stats else 0,
             "uploads_by_trigger": dict(core_stats.uploads_by_trigger) if core_stats else {},
             "uploads": enqueued,
             "bytes_sent": bytes_sent,
@@ -148,8 +149,9 @@ def _print_summary(s: dict[str, Any]) -> None:
         ("GNSS fixes", f"{s['gnss_fixes']:,}"),
         (
             "samples collected",
-            f"{s['samples']:,} ({s['samples_pending']} kept in flash for the next upload; "
-            f"{s['withheld_by_privacy']:,} withheld by privacy)",
+            f"{s['samples']:,} ({s['samples_pending']} kept in flash for the next upload, "
+            f"{s['dropped_by_privacy']} withdrawn when the driver turned location off; "
+            f"{s['withheld_by_privacy']:,} not taken)",
         ),
         (
             "uploads by trigger",
