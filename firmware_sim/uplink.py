@@ -64,6 +64,7 @@ class MqttUplink:
         self._in_flight: set[int] = set()
         self.connects = 0
         self.connect_failures = 0
+        self.refused: str | None = None  # the broker's reason when it refused the connection
         self.published = 0
         self.acked = 0
         self.bytes_sent = 0
@@ -188,8 +189,11 @@ class MqttUplink:
         properties: object,
     ) -> None:
         if getattr(reason, "is_failure", False):
+            self.refused = str(reason)
+            self.connect_failures += 1
             log.warning("uplink %s: broker refused the connection: %s", self.vin, reason)
             return
+        self.refused = None
         self.connects += 1
         client.publish(self.presence, self._presence_body("online"), qos=1, retain=True)
         self._connected.set()
