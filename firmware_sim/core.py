@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from can_dbc.catalog import Catalog, Refresh, Scope, SignalSpec
 from can_dbc.catalog import Trigger as SignalTrigger
 from firmware_sim.config import TcuConfig
+from firmware_sim.errors import PayloadError
 from firmware_sim.payload import Privacy, Series, Trigger, Uplink, quantize
 
 __all__ = [
@@ -146,6 +147,8 @@ class CoreStats:
     withheld_by_privacy: int = 0  # samples not taken because of the privacy setting
     dropped_by_privacy: int = 0  # samples taken, then withdrawn when the setting tightened
     not_subscribed: int = 0
+    unrepresentable: dict[str, int] = field(default_factory=dict)  # by signal name
+    last_unrepresentable: str = ""
 
 
 class TcuCore:
@@ -217,7 +220,10 @@ class TcuCore:
             if spec.scope not in self.allowed:
                 self._count_refused(spec)
                 continue
-            new_samples.append(self._sample(spec, now_ms, value))
+            sample = self._sample(spec, now_ms, value)
+            if sample is None:
+                continue
+            new_samples.append(sample)
             if previous is not None and spec.trigger is not None:
                 event = self._trigger_of(spec, previous, value)
                 if event is not None and (
@@ -286,11 +292,18 @@ class TcuCore:
         """The samples collected and not yet packed into an upload."""
         return [s for samples in self._pending.values() for s in samples]
 
-    def _sample(self, spec: SignalSpec, now_ms: int, value: float | int) -> Sample:
+    def _sample(self, spec: SignalSpec, now_ms: int, value: float | int) -> Sample | None:
+        """A sample of the value, or None (counted) when it has no place on the wire."""
+        try:
+            mantissa = quantize(value, spec.exp)
+        except PayloadError as exc:  # NaN, infinity, or beyond 64 bits: a faulty ECU
+            self.stats.unrepresentable[spec.name] = self.stats.unrepresentable.get(spec.name, 0) + 1
+            self.stats.last_unrepresentable = f"{spec.name}: {exc}"
+            return None
         sample_id = self._next_sample_id
         self._next_sample_id += 1
         self.stats.samples += 1
-        return Sample(sample_id, spec.id, now_ms, quantize(float(value), spec.exp))
+        return Sample(sample_id, spec.id, now_ms, mantissa)
 
     def _count_refused(self, spec: SignalSpec) -> None:
         if spec.scope in self.subscribed:
@@ -310,7 +323,9 @@ class TcuCore:
                 continue
             if spec.scope is Scope.POSITION and self.latest_ms[signal_id] < oldest_position:
                 continue  # no fix lately: a stale position is not a position
-            samples.append(self._sample(spec, now_ms, value))
+            sample = self._sample(spec, now_ms, value)
+            if sample is not None:
+                samples.append(sample)
         return samples
 
     @staticmethod

@@ -229,3 +229,18 @@ def test_allowed_scopes_never_widen(subscribed: set[Scope], privacy: Privacy) ->
         assert Scope.POSITION not in allowed
     if privacy is Privacy.FULL:
         assert not allowed
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 1e300])
+def test_a_value_with_no_place_on_the_wire_is_counted_not_fatal(bad: float) -> None:
+    h = Harness(TcuConfig(vin=VIN_2017, model_year=2017))
+    h.signals(1, Vehicle__Speed=bad, Vehicle__Cabin__Door__Row1__DriverSide__IsOpen=0)
+    h.signals(2, Vehicle__Cabin__Door__Row1__DriverSide__IsOpen=bad)
+    h.signals(3, Vehicle__Speed=42.0)
+    h.run(61)
+    assert h.core.stats.unrepresentable == {
+        "Vehicle.Speed": 2,  # sampled at 1 s and 2 s while the faulty value was the latest
+        "Vehicle.Cabin.Door.Row1.DriverSide.IsOpen": 1,
+    }
+    speed = next(s for s in h.uploads[-1].series if s.signal_id == SID["Vehicle.Speed"])
+    assert set(speed.mantissas) == {420}
