@@ -108,6 +108,7 @@ class Tcu:
             boot=state.boot,
             privacy=state.privacy,
             pending=state.pending,
+            refresh={m.id: m.effective_refresh for m in self.decoder.mapping.signals},
         )
         queued = self.flash.entries(limit=1_000_000)
         self._queued_max = queued[-1].seq if queued else -1

@@ -10,7 +10,7 @@ outputs.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from can_dbc.catalog import Catalog, Refresh, Scope, SignalSpec
@@ -164,7 +164,9 @@ class TcuCore:
         boot: int = 0,
         privacy: Privacy = Privacy.NONE,
         pending: Iterable[Sample] = (),
+        refresh: Mapping[int, Refresh] | None = None,
     ) -> None:
+        """``refresh`` overrides the catalog's refresh class by signal id (from a mapping)."""
         self.config = config
         self.catalog = catalog
         self.policy = config.policy
@@ -180,10 +182,13 @@ class TcuCore:
         self._privacy_id = catalog.by_name(PRIVACY_SIGNAL).id
         self._position_ids = tuple(catalog.by_name(name).id for name in POSITION_SIGNALS)
         self._specs = {s.id: s for s in catalog.signals}
+        self._refresh = {s.id: s.refresh for s in catalog.signals}
+        self._refresh.update(refresh or {})
+        self._refresh[self._privacy_id] = Refresh.EVENT  # a control signal, always on change
         for sample in pending:
-            spec = self._specs.get(sample.signal_id)
-            if spec is not None:
-                self._pending[spec.refresh].append(sample)
+            klass = self._refresh.get(sample.signal_id)
+            if klass is not None:
+                self._pending[klass].append(sample)
         self._start_ms = 0
         self.stats = CoreStats()
 
@@ -212,7 +217,7 @@ class TcuCore:
             if previous == value:
                 continue
             spec = self._specs.get(signal_id)
-            if spec is None or spec.refresh is not Refresh.EVENT:
+            if spec is None or self._refresh[signal_id] is not Refresh.EVENT:
                 continue
             if signal_id == self._privacy_id:
                 actions.extend(self._privacy_changed(now_ms, value))
@@ -316,7 +321,7 @@ class TcuCore:
         oldest_position = now_ms - self.config.position_max_age_ms
         for signal_id, value in self.latest.items():
             spec = self._specs.get(signal_id)
-            if spec is None or spec.refresh is not refresh:
+            if spec is None or self._refresh[signal_id] is not refresh:
                 continue
             if spec.scope not in self.allowed:
                 self._count_refused(spec)

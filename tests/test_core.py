@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from can_dbc.catalog import Scope, default_catalog
+from can_dbc.catalog import Refresh, Scope, default_catalog
 from firmware_sim.config import ConfigError, TcuConfig, UploadPolicy, model_year_from_vin
 from firmware_sim.core import (
     Action,
@@ -35,8 +35,8 @@ T0 = 1_700_000_000_000
 class Harness:
     """Runs a core in simulated time: timers from its actions, inputs scripted by the test."""
 
-    def __init__(self, config: TcuConfig) -> None:
-        self.core = TcuCore(config, CATALOG)
+    def __init__(self, config: TcuConfig, refresh: dict[int, Refresh] | None = None) -> None:
+        self.core = TcuCore(config, CATALOG, refresh=refresh)
         self.timers: list[tuple[int, int, Timer]] = []
         self.order = itertools.count()
         self.uploads: list[Uplink] = []
@@ -244,3 +244,16 @@ def test_a_value_with_no_place_on_the_wire_is_counted_not_fatal(bad: float) -> N
     }
     speed = next(s for s in h.uploads[-1].series if s.signal_id == SID["Vehicle.Speed"])
     assert set(speed.mantissas) == {420}
+
+
+def test_a_mapping_can_change_a_signals_refresh_class() -> None:
+    """The odometer is slow (60 s) in the catalog; a mapping may make it fast (1 s)."""
+    odometer = SID["Vehicle.TraveledDistance"]
+    counts = []
+    for refresh in (None, {odometer: Refresh.FAST}):
+        h = Harness(TcuConfig(vin=VIN_2017, model_year=2017), refresh)
+        driving(h, 60)
+        h.run(60)
+        (upload,) = h.uploads
+        counts.append(len(next(s for s in upload.series if s.signal_id == odometer).times))
+    assert counts == [1, 59]
