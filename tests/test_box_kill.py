@@ -17,6 +17,8 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+from contract import conforms
+
 from can_dbc.catalog import default_catalog
 from firmware_sim.payload import decode_uplink
 from gateway.ingest import GatewayThread
@@ -134,6 +136,7 @@ def test_kill_9_mid_drive_loses_nothing_and_doubles_nothing(tmp_path: Path, brok
         rows = store.payloads(VIN)
         assert [p.seq for p in rows] == list(range(len(rows))), "a sequence number is missing"
         assert {p.boot for p in rows} == {1, 2}
+        assert all(conforms(p.raw) for p in rows), "a payload breaks uplink.cddl"
         at_gateway = Counter((sid, t, v) for sid, t, v in store.samples(VIN))
         store.close()
 

@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from contract import conforms
 
 from firmware_sim.cli import main
+from gateway.store import SqliteStore
 
 
 def run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, dict[str, object]]:
@@ -42,6 +44,10 @@ def test_demo_on_the_embedded_broker(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert isinstance(triggers, dict)
     assert triggers["periodic"] == 3 and triggers["door"] == 4 and triggers["privacy"] == 1
     assert summary["positions_before_privacy"] and not summary["positions_after_privacy"]
+    with SqliteStore(tmp_path / "gateway.sqlite3") as store:
+        payloads = store.payloads(str(summary["vin"]))
+    assert len(payloads) == summary["uploads"]
+    assert all(conforms(p.raw) for p in payloads), "a payload breaks uplink.cddl"
 
 
 def test_demo_on_mosquitto(

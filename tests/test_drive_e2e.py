@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from contract import conforms
 
 from can_dbc.catalog import Scope, default_catalog
 from firmware_sim.clock import SimScheduler
@@ -96,7 +97,9 @@ def finish(car: SimulatedCar, gateway: GatewayThread, vin: str, rec: Recorder) -
     sequence_numbers = car.box.core.next_seq  # every upload of every boot
     assert car.close(drain_timeout=WAIT), "the box's queue did not drain"
     assert gateway.wait_until(lambda s: s.payload_count(vin) >= sequence_numbers, WAIT)
-    return gateway.reader()
+    store = gateway.reader()
+    assert all(conforms(p.raw) for p in store.payloads(vin)), "a payload breaks uplink.cddl"
+    return store
 
 
 def test_pre_2019_drive_reaches_the_gateway_every_sample_once(
