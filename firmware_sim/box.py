@@ -20,11 +20,10 @@ from firmware_sim.clock import Scheduler
 from firmware_sim.config import TcuConfig, UplinkConfig
 from firmware_sim.core import (
     Action,
+    ApplyPrivacy,
     ArmTimer,
-    DropSamples,
     EnqueueUpload,
     JournalSamples,
-    RestrictQueue,
     TcuCore,
     Timer,
 )
@@ -53,6 +52,7 @@ class BoxStats:
     uploads_enqueued: int = 0
     upload_bytes: int = 0
     evicted: list[int] = field(default_factory=list)
+    stripped_by_privacy: int = 0  # samples removed from queued uploads by a privacy change
 
 
 class Tcu:
@@ -81,6 +81,7 @@ class Tcu:
             Path(data_dir) / "flash.sqlite3",
             max_entries=config.queue_max_entries,
             max_bytes=config.queue_max_bytes,
+            power_safe=config.flash_power_safe,
         )
         self._uplink_config = uplink
         self.uplink: MqttUplink | None = None
@@ -211,12 +212,8 @@ class Tcu:
                 self.flash.journal(action.samples)
             elif isinstance(action, EnqueueUpload):
                 self._enqueue(action)
-            elif isinstance(action, DropSamples):
-                self.flash.drop_samples(action.sample_ids)
-            elif isinstance(action, RestrictQueue):
-                self.flash.restrict(
-                    action.privacy, action.allowed, lambda sid: self.catalog.by_id(sid).scope
-                )
+            elif isinstance(action, ApplyPrivacy):
+                self._apply_privacy(action)
 
     def _arm(self, action: ArmTimer) -> None:
         timer = action.timer
@@ -232,7 +229,12 @@ class Tcu:
         uplink = dataclasses.replace(action.uplink, evicted=self._evicted_total())
         payload = encode_uplink(uplink)
         evicted = self.flash.enqueue(
-            uplink.seq, payload, action.priority, action.sample_ids, self.scheduler.now_ms
+            uplink.seq,
+            payload,
+            action.priority,
+            action.sample_ids,
+            created_ms=self.scheduler.now_ms,
+            protect=self.uplink.in_flight_seqs if self.uplink is not None else (),
         )
         self.stats.uploads_enqueued += 1
         self.stats.upload_bytes += len(payload)
@@ -244,6 +246,21 @@ class Tcu:
 
     def _evicted_total(self) -> int:
         return self.flash.evicted
+
+    def _apply_privacy(self, action: ApplyPrivacy) -> None:
+        rewritten, stripped = self.flash.apply_privacy(
+            action.privacy,
+            action.allowed,
+            lambda sid: self.catalog.by_id(sid).scope,
+            drop_sample_ids=action.drop_sample_ids,
+            now_ms=self.scheduler.now_ms,
+        )
+        self.stats.stripped_by_privacy += stripped
+        if rewritten and self.uplink is not None and self.uplink.in_flight_seqs:
+            # The connection may still hold the old versions: take them back, hand the
+            # rewritten ones over instead.
+            self.uplink.recall()
+            self._handed = -1
 
     # -- uplink ---------------------------------------------------------------------------
 

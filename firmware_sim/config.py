@@ -153,6 +153,7 @@ class TcuConfig:
     queue_max_bytes: int = 16 * 1024 * 1024
     max_samples_per_payload: int = 4_000
     position_max_age_ms: int = 5_000
+    flash_power_safe: bool = True  # sync every flash commit to disk (survives power loss)
     policy: UploadPolicy = field(init=False)
 
     def __post_init__(self) -> None:

@@ -21,12 +21,11 @@ from firmware_sim.payload import Privacy, Series, Trigger, Uplink, quantize
 
 __all__ = [
     "Action",
+    "ApplyPrivacy",
     "ArmTimer",
     "CoreStats",
-    "DropSamples",
     "EnqueueUpload",
     "JournalSamples",
-    "RestrictQueue",
     "Sample",
     "TcuCore",
     "Timer",
@@ -96,22 +95,17 @@ class EnqueueUpload:
 
 
 @dataclass(frozen=True, slots=True)
-class DropSamples:
-    """Remove samples from the journal that may no longer be uploaded."""
-
-    sample_ids: tuple[int, ...]
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class RestrictQueue:
-    """Strip from queued uploads every series of a scope outside ``allowed``."""
+class ApplyPrivacy:
+    """The driver changed the privacy setting: remember it, and, in one transaction, drop
+    these journaled samples and strip from queued uploads every series of a scope outside
+    ``allowed``."""
 
     privacy: Privacy
     allowed: frozenset[Scope]
+    drop_sample_ids: tuple[int, ...]
 
 
-Action = ArmTimer | JournalSamples | EnqueueUpload | DropSamples | RestrictQueue
+Action = ArmTimer | JournalSamples | EnqueueUpload | ApplyPrivacy
 
 
 def allowed_scopes(subscribed: frozenset[Scope], privacy: Privacy) -> frozenset[Scope]:
@@ -147,6 +141,7 @@ class CoreStats:
     withheld_by_privacy: int = 0  # samples not taken because of the privacy setting
     dropped_by_privacy: int = 0  # samples taken, then withdrawn when the setting tightened
     not_subscribed: int = 0
+    invalid_privacy: int = 0  # head-unit values that name no setting (taken as Full)
     unrepresentable: dict[str, int] = field(default_factory=dict)  # by signal name
     last_unrepresentable: str = ""
 
@@ -210,6 +205,10 @@ class TcuCore:
         trigger: Trigger | None = None
         actions: list[Action] = []
         latest = self.latest
+        privacy_id = self._privacy_id
+        if len(updates) > 1 and any(sid == privacy_id for sid, _ in updates):
+            # The setting applies to everything that arrives with it.
+            updates = sorted(updates, key=lambda u: u[0] != privacy_id)
         for signal_id, value in updates:
             previous = latest.get(signal_id)
             latest[signal_id] = value
@@ -352,8 +351,10 @@ class TcuCore:
     def _privacy_changed(self, now_ms: int, value: float | int) -> list[Action]:
         try:
             privacy = Privacy(int(value))
-        except ValueError:
-            return []  # not a setting the head unit defines: keep the current one
+        except (ValueError, OverflowError):
+            # Not a setting the head unit defines: take the strictest, never the loosest.
+            self.stats.invalid_privacy += 1
+            privacy = Privacy.FULL
         if privacy is self.privacy:
             return []
         self.privacy = privacy
@@ -368,10 +369,8 @@ class TcuCore:
                 else:
                     dropped.append(sample.id)
             self._pending[refresh] = keep
-        if dropped:
-            self.stats.dropped_by_privacy += len(dropped)
-            actions.append(DropSamples(tuple(dropped), f"privacy:{privacy.name.lower()}"))
-        actions.append(RestrictQueue(privacy, self.allowed))
+        self.stats.dropped_by_privacy += len(dropped)
+        actions.append(ApplyPrivacy(privacy, self.allowed, tuple(dropped)))
         # The change itself is announced, so the cloud can show what the driver chose;
         # under Full nothing else follows.
         actions.extend(self._pack(now_ms, Trigger.PRIVACY, tuple(Refresh)))

@@ -20,7 +20,7 @@ from types import TracebackType
 from can_dbc.catalog import Scope
 from firmware_sim.core import Sample
 from firmware_sim.errors import LifecycleError, PayloadError, StoreError
-from firmware_sim.payload import Privacy, decode_uplink, encode_uplink
+from firmware_sim.payload import Privacy, Trigger, decode_uplink, encode_uplink
 
 __all__ = ["FlashState", "FlashStore", "QueueEntry"]
 
@@ -80,9 +80,20 @@ class QueueEntry:
 class FlashStore:
     """The durable journal and upload queue of one box."""
 
-    def __init__(self, path: str | Path, *, max_entries: int = 1_000, max_bytes: int = 16 << 20):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_entries: int = 1_000,
+        max_bytes: int = 16 << 20,
+        power_safe: bool = True,
+    ) -> None:
+        """``power_safe`` syncs every commit to the disk (SQLite ``synchronous=FULL``), so a
+        power loss loses nothing committed; without it (``NORMAL``) a commit survives a crash
+        of the process but the last ones may be lost with the power."""
         if max_entries < 1 or max_bytes < 1:
             raise StoreError("the queue must hold at least one entry and one byte")
+        self.power_safe = power_safe
         self.path = Path(path)
         self.max_entries = max_entries
         self.max_bytes = max_bytes
@@ -99,9 +110,12 @@ class FlashStore:
             raise LifecycleError(f"flash store is {self._state.value}, cannot open it again")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{self.path.parent}: cannot create the flash folder: {exc}") from exc
+        try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if self.power_safe else 'NORMAL'}")
             db.executescript(_SCHEMA)
             db.executemany(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", _META_DEFAULTS.items()
@@ -144,10 +158,11 @@ class FlashStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 fn(db)
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: write failed: {exc}") from exc
 
@@ -200,23 +215,6 @@ class FlashStore:
 
         self._write(write)
 
-    def drop_samples(self, sample_ids: Iterable[int]) -> None:
-        """Remove journaled samples that may no longer be uploaded."""
-        ids = [(i,) for i in sample_ids]
-
-        def write(db: sqlite3.Connection) -> None:
-            db.executemany("DELETE FROM journal WHERE id = ?", ids)
-
-        self._write(write)
-
-    def set_privacy(self, privacy: Privacy) -> None:
-        """Remember the driver's privacy setting across reboots."""
-
-        def write(db: sqlite3.Connection) -> None:
-            db.execute("UPDATE meta SET value = ? WHERE key = 'privacy'", (int(privacy),))
-
-        self._write(write)
-
     # -- queue ----------------------------------------------------------------------------
 
     def enqueue(
@@ -225,25 +223,30 @@ class FlashStore:
         payload: bytes,
         priority: int,
         sample_ids: Sequence[int],
+        *,
         created_ms: int,
+        protect: Iterable[int] = (),
     ) -> list[int]:
         """Queue an upload and release its samples from the journal, in one transaction.
 
         Returns the sequence numbers evicted to make room (possibly this one, when every
-        queued entry outranks it).
+        queued entry outranks it). Entries in ``protect`` (handed to the broker connection,
+        which will deliver them anyway) are never evicted.
         """
         evicted: list[int] = []
         size = len(payload)
         entries, total = self._entries, self._bytes
+        protected = tuple(protect)
+        victims = (
+            "SELECT seq, size, n_samples, priority FROM outbox "
+            f"WHERE seq NOT IN ({', '.join('?' * len(protected))}) ORDER BY priority, seq LIMIT 1"
+        )
 
         def write(db: sqlite3.Connection) -> None:
             nonlocal entries, total
             while entries >= self.max_entries or (entries and total + size > self.max_bytes):
-                victim = db.execute(
-                    "SELECT seq, size, n_samples, priority FROM outbox "
-                    "ORDER BY priority, seq LIMIT 1"
-                ).fetchone()
-                if victim[3] > priority:
+                victim = db.execute(victims, protected).fetchone()
+                if victim is None or victim[3] > priority:
                     break
                 db.execute("DELETE FROM outbox WHERE seq = ?", (victim[0],))
                 db.execute(
@@ -306,18 +309,30 @@ class FlashStore:
         self._bytes -= removed_bytes
         return removed
 
-    def restrict(
-        self, privacy: Privacy, allowed: frozenset[Scope], scope_of: Callable[[int], Scope]
-    ) -> int:
-        """Strip from queued uploads every series whose scope is not ``allowed``.
+    def apply_privacy(
+        self,
+        privacy: Privacy,
+        allowed: frozenset[Scope],
+        scope_of: Callable[[int], Scope],
+        *,
+        drop_sample_ids: Iterable[int] = (),
+        now_ms: int = 0,
+    ) -> tuple[int, int]:
+        """Apply a new privacy setting in one transaction.
 
-        The entries keep their sequence numbers (so the cloud still sees no gap) and carry the
-        stricter privacy setting. Returns how many entries were rewritten.
+        The setting is remembered, the given journaled samples are deleted, and every series
+        whose scope is not ``allowed`` is stripped from the queued uploads. The entries keep
+        their sequence numbers (so the cloud sees no gap) and carry the stricter setting; when
+        nothing is allowed (``Full``) they also lose the time and cause of what was uploaded.
+        Returns (uploads rewritten, samples stripped from them).
         """
-        rewritten = 0
+        drop = [(i,) for i in drop_sample_ids]
+        rewritten = stripped = 0
 
         def write(db: sqlite3.Connection) -> None:
-            nonlocal rewritten
+            nonlocal rewritten, stripped
+            db.execute("UPDATE meta SET value = ? WHERE key = 'privacy'", (int(privacy),))
+            db.executemany("DELETE FROM journal WHERE id = ?", drop)
             rows = db.execute("SELECT seq, payload FROM outbox ORDER BY seq").fetchall()
             for seq, raw in rows:
                 try:
@@ -330,18 +345,23 @@ class FlashStore:
                 stricter = dataclasses.replace(
                     uplink, series=kept, privacy=max(uplink.privacy, privacy)
                 )
+                if not allowed:
+                    stricter = dataclasses.replace(
+                        stricter, base_time_ms=now_ms, trigger=Trigger.PRIVACY
+                    )
                 payload = encode_uplink(stricter)
+                n_kept = sum(len(s.times) for s in kept)
+                stripped += sum(len(s.times) for s in uplink.series) - n_kept
                 db.execute(
                     "UPDATE outbox SET payload = ?, size = ?, n_samples = ? WHERE seq = ?",
-                    (payload, len(payload), sum(len(s.times) for s in kept), seq),
+                    (payload, len(payload), n_kept, seq),
                 )
                 rewritten += 1
-            db.execute("UPDATE meta SET value = ? WHERE key = 'privacy'", (int(privacy),))
 
         self._write(write)
         row = self._conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM outbox").fetchone()
         self._entries, self._bytes = int(row[0]), int(row[1])
-        return rewritten
+        return rewritten, stripped
 
     # -- figures --------------------------------------------------------------------------
 

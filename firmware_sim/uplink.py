@@ -1,9 +1,11 @@
 """The box's MQTT uplink (paho-mqtt): QoS 1 uploads, retained presence with a last will.
 
-The network loop runs in a thread of its own that reconnects with exponential backoff and
-jitter. Uploads handed to paho are kept by paho until their PUBACK (and resent after a
-reconnect); the acknowledged sequence numbers are collected for the runner to remove from the
-flash queue. Across a reboot the flash queue, not paho, is what keeps an upload.
+Only the uplink's own network thread touches the paho client: it connects, reconnects with
+exponential backoff and jitter, publishes what the box hands over (through a queue), and
+collects the sequence numbers the broker acknowledged. Uploads handed over are kept by paho
+until their PUBACK (and resent after a reconnect); across a reboot the flash queue, not paho,
+is what keeps an upload. :meth:`MqttUplink.recall` throws away whatever paho still holds, for
+when the queued uploads were rewritten (the driver tightened the privacy setting).
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import collections
 import enum
 import json
 import logging
+import queue
 import random
 import ssl
 import threading
+from collections.abc import Iterator
 from types import TracebackType
 
 import paho.mqtt.client as mqtt
@@ -23,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from firmware_sim.config import UplinkConfig
 from firmware_sim.errors import LifecycleError, UplinkError
 
-__all__ = ["MqttUplink", "presence_topic", "uplink_topic"]
+__all__ = ["MqttUplink", "backoff_delays", "presence_topic", "uplink_topic"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,14 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+def backoff_delays(minimum: float, maximum: float, rng: random.Random) -> Iterator[float]:
+    """Reconnect delays: doubling from ``minimum`` up to ``maximum``, each jittered to 50-150 %."""
+    delay = minimum
+    while True:
+        yield delay * (0.5 + rng.random())
+        delay = min(maximum, delay * 2)
+
+
 class MqttUplink:
     """One box's connection to its broker."""
 
@@ -58,24 +70,26 @@ class MqttUplink:
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._mid_to_seq: dict[int, int] = {}
-        self._acked_mids: collections.deque[int] = collections.deque()
-        self._in_flight: set[int] = set()
+        # Requests to the network thread: an upload to publish, or None to recall them all.
+        self._requests: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
+        self._graceful = True
+        self._acked: collections.deque[int] = collections.deque()  # filled by the network thread
+        self._mid_to_seq: dict[int, int] = {}  # network thread only
+        self._in_flight: set[int] = set()  # box thread only
         self.connects = 0
         self.connect_failures = 0
         self.refused: str | None = None  # the broker's reason when it refused the connection
         self.published = 0
         self.acked = 0
         self.bytes_sent = 0
+        self.recalls = 0
         self._client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.config
-        client_id = cfg.client_id or f"tcu-{self.vin}"
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=client_id,
+            client_id=cfg.client_id or f"tcu-{self.vin}",
             clean_session=True,
             protocol=mqtt.MQTTv311,
         )
@@ -116,27 +130,20 @@ class MqttUplink:
 
     def close(self, timeout: float = 2.0) -> None:
         """Say "offline" (retained), disconnect cleanly and stop the thread."""
-        if self._state is not _State.OPEN:
-            self._state = _State.CLOSED
-            return
-        if self._connected.is_set():
-            info = self._client.publish(self.presence, self._presence_body("offline"), 1, True)
-            if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                info.wait_for_publish(timeout)
-            self._client.disconnect()
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._state is _State.OPEN:
+            self._graceful = True
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join(timeout + 1.0)
         self._state = _State.CLOSED
 
     def abort(self) -> None:
         """Drop the connection as a power cut would: no DISCONNECT, so the last will fires."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2.0)
-        sock = self._client.socket()
-        if sock is not None:
-            sock.close()
+        if self._state is _State.OPEN:
+            self._graceful = False
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join(2.0)
         self._state = _State.CLOSED
 
     def __enter__(self) -> MqttUplink:
@@ -154,7 +161,7 @@ class MqttUplink:
 
     def _run(self) -> None:
         cfg = self.config
-        delay = cfg.reconnect_min_s
+        delays = backoff_delays(cfg.reconnect_min_s, cfg.reconnect_max_s, self._random)
         first = True
         while not self._stop.is_set():
             try:
@@ -165,20 +172,78 @@ class MqttUplink:
                     self._client.reconnect()
             except (OSError, ssl.SSLError) as exc:
                 self.connect_failures += 1
+                delay = next(delays)
                 log.info("uplink %s: connect failed (%s); retry in %.2f s", self.vin, exc, delay)
-                self._stop.wait(delay * (0.5 + self._random.random()))
-                delay = min(cfg.reconnect_max_s, delay * 2)
+                self._serve_requests()  # queued uploads wait in paho for the connection
+                self._stop.wait(delay)
                 continue
             while not self._stop.is_set():
-                rc = self._client.loop(timeout=0.05)
+                if self._serve_requests():
+                    first = True  # recalled: the fresh client connects anew
+                    break
+                rc = self._client.loop(timeout=0.005)
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
                 if self._connected.is_set():
-                    delay = cfg.reconnect_min_s
+                    delays = backoff_delays(cfg.reconnect_min_s, cfg.reconnect_max_s, self._random)
             self._connected.clear()
-            if not self._stop.is_set():
-                self._stop.wait(delay * (0.5 + self._random.random()))
-                delay = min(cfg.reconnect_max_s, delay * 2)
+            if not self._stop.is_set() and not first:
+                self._stop.wait(next(delays))
+        self._finish()
+
+    def _serve_requests(self) -> bool:
+        """Publish what the box handed over; True when a recall replaced the client."""
+        while True:
+            try:
+                request = self._requests.get_nowait()
+            except queue.Empty:
+                return False
+            if request is None:
+                self._replace_client()
+                return True
+            seq, payload = request
+            info = self._client.publish(self.topic, payload, qos=1)
+            if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:  # paho is full: hand it back
+                self._acked.append(-seq - 1)
+                continue
+            # Any other outcome (sent, no connection, connection lost) leaves the message with
+            # paho, which sends it once connected.
+            self._mid_to_seq[info.mid] = seq
+
+    def _replace_client(self) -> None:
+        old = self._client
+        if self._connected.is_set():
+            old.disconnect()  # clean: no last will, the presence stays "online"
+        self._connected.clear()
+        self._close_sockets(old)
+        self._mid_to_seq.clear()
+        self._client = self._make_client()
+
+    def _finish(self) -> None:
+        client = self._client
+        self._serve_requests()
+        if self._graceful and self._connected.is_set():
+            info = client.publish(self.presence, self._presence_body("offline"), 1, True)
+            client.disconnect()
+            for _ in range(100):  # flush the presence and the DISCONNECT (bounded)
+                if client.loop(timeout=0.01) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+                if info.is_published():
+                    break
+        self._connected.clear()
+        self._close_sockets(client)
+
+    @staticmethod
+    def _close_sockets(client: mqtt.Client) -> None:
+        sock = client.socket()
+        if sock is not None:
+            sock.close()
+        # paho keeps a socket pair to wake its loop; a discarded client must not leak it.
+        for name in ("_sockpairR", "_sockpairW"):
+            pair_end = getattr(client, name, None)
+            if pair_end is not None:
+                pair_end.close()
+                setattr(client, name, None)
 
     def _on_connect(
         self,
@@ -216,10 +281,13 @@ class MqttUplink:
         reason: object,
         properties: object,
     ) -> None:
-        # Runs in the network thread, inside paho's locks: only record the mid.
-        self._acked_mids.append(mid)
+        if client is not self._client:
+            return  # a recalled client's late acknowledgement: its entries are re-sent
+        seq = self._mid_to_seq.pop(mid, None)
+        if seq is not None:  # None: a presence message
+            self._acked.append(seq)
 
-    # -- uploads --------------------------------------------------------------------------
+    # -- the box's side -------------------------------------------------------------------
 
     @property
     def connected(self) -> bool:
@@ -236,32 +304,40 @@ class MqttUplink:
         return self.config.max_inflight - len(self._in_flight)
 
     def in_flight(self, seq: int) -> bool:
-        """Whether this upload was handed to the broker connection and is not yet acknowledged."""
+        """Whether this upload was handed over and is not yet acknowledged."""
         return seq in self._in_flight
+
+    @property
+    def in_flight_seqs(self) -> frozenset[int]:
+        """The uploads handed over and not yet acknowledged."""
+        return frozenset(self._in_flight)
 
     def publish(self, seq: int, payload: bytes) -> None:
         """Hand an upload over; it is sent now or as soon as the broker is reachable."""
         if self._state is not _State.OPEN:
             raise LifecycleError(f"uplink is {self._state.value}")
-        with self._lock:
-            info = self._client.publish(self.topic, payload, qos=1)
-            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                raise UplinkError(f"publish of upload {seq} refused: {mqtt.error_string(info.rc)}")
-            self._mid_to_seq[info.mid] = seq
-            self._in_flight.add(seq)
-            self.published += 1
-            self.bytes_sent += len(payload)
+        self._in_flight.add(seq)
+        self._requests.put((seq, payload))
+        self.published += 1
+        self.bytes_sent += len(payload)
+
+    def recall(self) -> None:
+        """Forget every upload handed over and not yet acknowledged; hand them over again."""
+        if self._state is not _State.OPEN:
+            raise LifecycleError(f"uplink is {self._state.value}")
+        self._requests.put(None)
+        self._in_flight.clear()
+        self.recalls += 1
 
     def take_acked(self) -> list[int]:
         """The sequence numbers the broker acknowledged since the last call."""
         done: list[int] = []
-        # publish() records a mid under the lock before this can run, so a mid not found
-        # here belongs to a presence message.
-        with self._lock:
-            while self._acked_mids:
-                seq = self._mid_to_seq.pop(self._acked_mids.popleft(), None)
-                if seq is not None:
-                    self._in_flight.discard(seq)
-                    done.append(seq)
+        while self._acked:
+            seq = self._acked.popleft()
+            if seq < 0:  # paho refused to queue it: it will be handed over again
+                self._in_flight.discard(-seq - 1)
+                continue
+            self._in_flight.discard(seq)
+            done.append(seq)  # acknowledged: the broker has it, whatever happened since
         self.acked += len(done)
         return done

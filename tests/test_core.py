@@ -14,11 +14,10 @@ from can_dbc.catalog import Refresh, Scope, default_catalog
 from firmware_sim.config import ConfigError, TcuConfig, UploadPolicy, model_year_from_vin
 from firmware_sim.core import (
     Action,
+    ApplyPrivacy,
     ArmTimer,
-    DropSamples,
     EnqueueUpload,
     JournalSamples,
-    RestrictQueue,
     TcuCore,
     Timer,
     allowed_scopes,
@@ -187,10 +186,10 @@ def test_no_position_after_geolocation_privacy_and_nothing_under_full() -> None:
     # Only the announcement of the change, with no data at all.
     assert [(u.trigger, u.privacy, u.series) for u in full] == [(Trigger.PRIVACY, Privacy.FULL, ())]
     # Pending position samples were dropped from the journal, and the queue told to follow.
-    assert any(isinstance(a, DropSamples) for a in h.actions)
-    restrict = [a for a in h.actions if isinstance(a, RestrictQueue)]
-    assert [r.privacy for r in restrict] == [Privacy.GEOLOCATION, Privacy.FULL]
-    assert Scope.POSITION not in restrict[0].allowed and restrict[1].allowed == frozenset()
+    applied = [a for a in h.actions if isinstance(a, ApplyPrivacy)]
+    assert [a.privacy for a in applied] == [Privacy.GEOLOCATION, Privacy.FULL]
+    assert Scope.POSITION not in applied[0].allowed and applied[1].allowed == frozenset()
+    assert applied[0].drop_sample_ids and applied[1].drop_sample_ids
 
 
 def test_maintenance_only_car_uploads_maintenance_data_only() -> None:
@@ -257,3 +256,31 @@ def test_a_mapping_can_change_a_signals_refresh_class() -> None:
         (upload,) = h.uploads
         counts.append(len(next(s for s in upload.series if s.signal_id == odometer).times))
     assert counts == [1, 59]
+
+
+def test_an_undefined_privacy_value_is_taken_as_the_strictest() -> None:
+    h = Harness(TcuConfig(vin=VIN_2017, model_year=2017))
+    driving(h, 30)
+    h.signals(10, Vehicle__Connectivity__PrivacySetting=3)
+    h.run(30)
+    assert h.core.privacy is Privacy.FULL and h.core.stats.invalid_privacy == 1
+    assert [(u.trigger, u.series) for u in h.uploads] == [(Trigger.PRIVACY, ())]
+
+
+def test_a_setting_applies_to_the_values_that_arrive_with_it() -> None:
+    h = Harness(TcuConfig(vin=VIN_2017, model_year=2017))
+    h.signals(1, Vehicle__Cabin__Door__Row1__DriverSide__IsOpen=0)
+    h.at(
+        2,
+        lambda now: h.core.on_signals(
+            now,
+            [
+                (SID["Vehicle.Cabin.Door.Row1.DriverSide.IsOpen"], 1),
+                (SID["Vehicle.Connectivity.PrivacySetting"], 2),
+            ],
+        ),
+    )
+    h.run(100)
+    assert [(u.trigger, u.privacy, u.series) for u in h.uploads] == [
+        (Trigger.PRIVACY, Privacy.FULL, ())
+    ]

@@ -15,7 +15,7 @@ from contract import conforms
 from can_dbc.catalog import Scope, default_catalog
 from firmware_sim.clock import SimScheduler
 from firmware_sim.config import TcuConfig
-from firmware_sim.core import Action, DropSamples, JournalSamples
+from firmware_sim.core import Action, ApplyPrivacy, JournalSamples
 from firmware_sim.payload import Privacy, Trigger, decode_uplink
 from firmware_sim.sim.drive import city_drive
 from firmware_sim.sim.session import SimulatedCar
@@ -42,8 +42,8 @@ class Recorder:
             for s in action.samples:
                 assert s.id not in self.journaled, "a sample id was reused"
                 self.journaled[s.id] = (s.signal_id, s.t_ms, s.mantissa)
-        elif isinstance(action, DropSamples):
-            self.dropped.update(action.sample_ids)
+        elif isinstance(action, ApplyPrivacy):
+            self.dropped.update(action.drop_sample_ids)
 
     def expected(self) -> Counter[tuple[int, int, float | int]]:
         return Counter(

@@ -51,13 +51,13 @@ def test_journal_enqueue_ack_and_reopen(tmp_path: Path) -> None:
 def test_full_queue_evicts_lowest_priority_oldest_first(tmp_path: Path) -> None:
     with FlashStore(tmp_path / "f.sqlite3", max_entries=3) as flash:
         flash.boot()
-        assert flash.enqueue(0, payload(0, SPEED), 1, [], 0) == []
-        assert flash.enqueue(1, payload(1, SPEED), 3, [], 0) == []
-        assert flash.enqueue(2, payload(2, SPEED), 1, [], 0) == []
-        assert flash.enqueue(3, payload(3, SPEED), 2, [], 0) == [0]
-        assert flash.enqueue(4, payload(4, SPEED), 2, [], 0) == [2]
+        assert flash.enqueue(0, payload(0, SPEED), 1, [], created_ms=0) == []
+        assert flash.enqueue(1, payload(1, SPEED), 3, [], created_ms=0) == []
+        assert flash.enqueue(2, payload(2, SPEED), 1, [], created_ms=0) == []
+        assert flash.enqueue(3, payload(3, SPEED), 2, [], created_ms=0) == [0]
+        assert flash.enqueue(4, payload(4, SPEED), 2, [], created_ms=0) == [2]
         # Full of entries that outrank it: the newcomer is the one evicted.
-        assert flash.enqueue(5, payload(5, SPEED), 1, [], 0) == [5]
+        assert flash.enqueue(5, payload(5, SPEED), 1, [], created_ms=0) == [5]
         assert [e.seq for e in flash.entries()] == [1, 3, 4]
         assert flash.evicted == 3
     with FlashStore(tmp_path / "f.sqlite3") as flash:
@@ -70,27 +70,46 @@ def test_byte_bound_evicts_too(tmp_path: Path) -> None:
     with FlashStore(tmp_path / "f.sqlite3", max_bytes=2 * one + 1) as flash:
         flash.boot()
         for seq in range(4):
-            flash.enqueue(seq, payload(seq, SPEED), 1, [], 0)
+            flash.enqueue(seq, payload(seq, SPEED), 1, [], created_ms=0)
         assert flash.depth == 2 and flash.depth_bytes <= 2 * one + 1
         assert [e.seq for e in flash.entries()] == [2, 3]
 
 
-def test_restrict_strips_position_and_keeps_sequence_numbers(tmp_path: Path) -> None:
+def test_privacy_strips_queued_uploads_and_keeps_sequence_numbers(tmp_path: Path) -> None:
+    scope_of = lambda sid: CATALOG.by_id(sid).scope  # noqa: E731
     with FlashStore(tmp_path / "f.sqlite3") as flash:
         flash.boot()
-        flash.enqueue(0, payload(0, SPEED, LAT), 1, [], 0)
-        flash.enqueue(1, payload(1, SPEED), 1, [], 0)
+        flash.journal([Sample(1, LAT, 5, 1), Sample(2, SPEED, 5, 2)])
+        flash.enqueue(0, payload(0, SPEED, LAT), 1, [], created_ms=0)
+        flash.enqueue(1, payload(1, SPEED), 1, [], created_ms=0)
         allowed = frozenset(Scope) - {Scope.POSITION}
-        scope_of = lambda sid: CATALOG.by_id(sid).scope  # noqa: E731
-        assert flash.restrict(Privacy.GEOLOCATION, allowed, scope_of) == 2
+        result = flash.apply_privacy(
+            Privacy.GEOLOCATION, allowed, scope_of, drop_sample_ids=[1], now_ms=77
+        )
+        assert result == (2, 2)  # two uploads rewritten, the two latitudes stripped
+        assert flash.journal_size == 1
         entries = [decode_uplink(e.payload) for e in flash.entries()]
         assert [u.seq for u in entries] == [0, 1]
         assert all(u.privacy is Privacy.GEOLOCATION for u in entries)
         assert [[s.signal_id for s in u.series] for u in entries] == [[SPEED], [SPEED]]
-        assert flash.restrict(Privacy.FULL, frozenset(), scope_of) == 2
-        assert all(decode_uplink(e.payload).series == () for e in flash.entries())
+        assert [u.trigger for u in entries] == [Trigger.PERIODIC] * 2
+        # Under Full nothing is left, not even when and why the uploads were made.
+        assert flash.apply_privacy(Privacy.FULL, frozenset(), scope_of, now_ms=99) == (2, 4)
+        entries = [decode_uplink(e.payload) for e in flash.entries()]
+        assert all(u.series == () for u in entries)
+        assert {(u.base_time_ms, u.trigger) for u in entries} == {(99, Trigger.PRIVACY)}
     with FlashStore(tmp_path / "f.sqlite3") as flash:
         assert flash.boot().privacy is Privacy.FULL
+
+
+def test_uploads_handed_to_the_connection_are_not_evicted(tmp_path: Path) -> None:
+    with FlashStore(tmp_path / "f.sqlite3", max_entries=2) as flash:
+        flash.boot()
+        flash.enqueue(0, payload(0, SPEED), 1, [], created_ms=0)
+        flash.enqueue(1, payload(1, SPEED), 1, [], created_ms=0)
+        assert flash.enqueue(2, payload(2, SPEED), 1, [], created_ms=0, protect=[0]) == [1]
+        assert flash.enqueue(3, payload(3, SPEED), 1, [], created_ms=0, protect=[0, 2]) == [3]
+        assert [e.seq for e in flash.entries()] == [0, 2]
 
 
 def test_lifecycle_is_explicit(tmp_path: Path) -> None:
@@ -120,7 +139,7 @@ WRITER = textwrap.dedent(
         flash.journal([Sample(sid, 1, seq, seq)])
         u = Uplink("VF3ABCDEFH1234567", seq, 0, Trigger.PERIODIC, Privacy.NONE,
                    (Series(1, 0, (seq,), (seq,)),))
-        flash.enqueue(seq, encode_uplink(u), 1, [sid], seq)
+        flash.enqueue(seq, encode_uplink(u), 1, [sid], created_ms=seq)
         print(seq, flush=True)
         seq, sid = seq + 1, sid + 1
     """
