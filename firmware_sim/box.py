@@ -53,6 +53,8 @@ class BoxStats:
     upload_bytes: int = 0
     evicted: list[int] = field(default_factory=list)
     stripped_by_privacy: int = 0  # samples removed from queued uploads by a privacy change
+    bus_errors: int = 0  # errors the CAN interface raised
+    last_bus_error: str = ""
 
 
 class Tcu:
@@ -156,14 +158,17 @@ class Tcu:
         if updates and self.core is not None:
             self._execute(self.core.on_signals(now_ms, updates))
 
-    def poll_bus(self, now_ms: int) -> int:
-        """Read every frame the bus has ready; returns how many."""
+    def poll_bus(self, now_ms: int, limit: int = 10_000) -> int:
+        """Read the frames the bus has ready, at most ``limit``; returns how many.
+
+        The limit keeps a saturated bus from starving the timers and the uplink.
+        """
         bus, core = self.bus, self.core
         if bus is None or core is None or not self._running:
             return 0
         feed, on_signals, execute = self.decoder.feed, core.on_signals, self._execute
         n = 0
-        while True:
+        while n < limit:
             msg = bus.recv(0)
             if msg is None:
                 break

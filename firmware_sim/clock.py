@@ -67,27 +67,37 @@ class SimScheduler:
 
 
 class WallScheduler:
-    """The wall clock, for benches with real interfaces; :meth:`run_due` runs what is due."""
+    """The wall clock, for benches with real interfaces; :meth:`run_due` runs what is due.
+
+    Time is kept with the monotonic clock from an epoch reading taken once, so a step of the
+    system clock (an NTP correction, a GNSS time fix) neither stops nor bunches the timers.
+    A callback receives the time it was scheduled for, so periodic timers keep their phase
+    however late they run.
+    """
 
     def __init__(self) -> None:
         self._heap: list[tuple[int, int, Callback]] = []
         self._order = itertools.count()
+        self._epoch_offset_ns = time.time_ns() - time.monotonic_ns()
 
     @property
     def now_ms(self) -> int:
-        """The wall-clock time."""
-        return time.time_ns() // 1_000_000
+        """The time now, in ms since the Unix epoch."""
+        return (time.monotonic_ns() + self._epoch_offset_ns) // 1_000_000
 
     def call_at(self, at_ms: int, callback: Callback) -> None:
         """Schedule ``callback`` at ``at_ms``."""
         heapq.heappush(self._heap, (at_ms, next(self._order), callback))
 
-    def run_due(self) -> None:
-        """Run every event whose time has come."""
+    def run_due(self) -> int:
+        """Run every event whose time has come; returns how many ran."""
         now = self.now_ms
+        ran = 0
         while self._heap and self._heap[0][0] <= now:
-            _, _, callback = heapq.heappop(self._heap)
-            callback(now)
+            at, _, callback = heapq.heappop(self._heap)
+            callback(at)
+            ran += 1
+        return ran
 
     def seconds_to_next(self, cap: float) -> float:
         """Seconds until the next event, at most ``cap``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -16,6 +17,9 @@ __all__ = ["open_bus", "run_wall_clock"]
 
 GNSS_POLL_S = 0.1
 MAX_WAIT_S = 0.05
+BUS_RETRY_S = (0.1, 5.0)  # back-off after a bus error: first and longest wait
+
+log = logging.getLogger(__name__)
 
 
 def open_bus(interface: str, channel: str, **options: Any) -> can.BusABC:
@@ -42,16 +46,27 @@ def run_wall_clock(
     deadline = None if duration_s is None else time.monotonic() + duration_s
     next_gnss = 0.0
     bus = box.bus
+    retry = BUS_RETRY_S[0]
     while not stop.is_set() and box.running:
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             break
         wait = scheduler.seconds_to_next(MAX_WAIT_S)
         if bus is not None:
-            msg = bus.recv(wait)
-            if msg is not None:
-                box.on_frame(scheduler.now_ms, msg)
-                box.poll_bus(scheduler.now_ms)
+            try:
+                msg = bus.recv(wait)
+                if msg is not None:
+                    box.on_frame(scheduler.now_ms, msg)
+                    box.poll_bus(scheduler.now_ms)
+                retry = BUS_RETRY_S[0]
+            except (can.CanError, OSError) as exc:
+                # Bus-off, an adapter unplugged, a serial line gone: count it, keep the
+                # timers and the uplink going, and try the bus again after a while.
+                box.stats.bus_errors += 1
+                box.stats.last_bus_error = str(exc)
+                log.warning("CAN interface error (%s); retrying in %.1f s", exc, retry)
+                stop.wait(min(retry, scheduler.seconds_to_next(retry)))
+                retry = min(BUS_RETRY_S[1], retry * 2)
         else:
             stop.wait(wait)
         scheduler.run_due()

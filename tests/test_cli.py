@@ -109,8 +109,16 @@ def test_vehicle_run_in_wall_clock_time_with_the_simulated_car(
     )
     out = capsys.readouterr().out
     assert status == 0
-    frames = int(out.split("frames ")[1].split(",")[0])
-    assert frames > 100  # the simulated ECUs send about 300 frames a second
+    pairs = [part.strip().rsplit(" ", 1) for part in out.splitlines()[0].split(",")]
+    counters = {name: int(value) for name, value in pairs}
+    # The simulated ECUs send about 300 frames a second; the box decoded them all.
+    assert counters["frames"] > 100
+    assert counters["decoded"] + counters["unchanged"] == counters["frames"]
+    assert counters["errors"] == counters["unknown id"] == counters["bus errors"] == 0
+    assert "gnss: sentences" in out and "fixes 0," not in out
+
+
+RUN = ["vehicle", "run", "--vin", "VR3UHZKXZHT000403", "--broker", "mqtt://127.0.0.1"]
 
 
 @pytest.mark.parametrize(
@@ -118,32 +126,13 @@ def test_vehicle_run_in_wall_clock_time_with_the_simulated_car(
     [
         (["vehicle", "run", "--vin", "SHORT", "--broker", "mqtt://127.0.0.1"], "VIN"),
         (["vehicle", "run", "--vin", "VR3UHZKXZHT000403", "--broker", "ftp://x"], "scheme"),
-        (
-            [
-                "vehicle",
-                "run",
-                "--vin",
-                "VR3UHZKXZHT000403",
-                "--broker",
-                "mqtt://127.0.0.1",
-                "--can-interface",
-                "no-such-interface",
-            ],
-            "cannot open CAN interface",
-        ),
-        (
-            [
-                "vehicle",
-                "run",
-                "--vin",
-                "VR3UHZKXZHT000403",
-                "--broker",
-                "mqtt://127.0.0.1",
-                "--services",
-                "connected_car,teleportation",
-            ],
-            "unknown service",
-        ),
+        ([*RUN, "--can-interface", "no-such-interface"], "cannot open CAN interface"),
+        ([*RUN, "--services", "connected_car,teleportation"], "unknown service"),
+        ([*RUN, "--simulate", "--can-interface", "socketcan"], "virtual only"),
+        ([*RUN, "--dbc", "x.dbc"], "give the mapping too"),
+        ([*RUN, "--duration", "-1"], "--duration"),
+        ([*RUN, "--bitrate", "500000"], "--bitrate"),
+        (["demo", "--minutes", "1"], "--minutes"),
     ],
 )
 def test_bad_input_is_one_clear_line(
@@ -153,3 +142,32 @@ def test_bad_input_is_one_clear_line(
     err = capsys.readouterr().err
     assert status == 2
     assert err.startswith("tcusim: error:") and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["demo"],
+        [
+            "vehicle",
+            "run",
+            "--simulate",
+            "--duration",
+            "1",
+            "--vin",
+            "VR3UHZKXZHT000404",
+            "--broker",
+            "mqtt://127.0.0.1:1",
+        ],
+    ],
+)
+def test_a_data_dir_that_is_a_file_is_one_clear_line(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    occupied = tmp_path / "file"
+    occupied.write_text("not a folder")
+    status = main([*command, "--data-dir", str(occupied / "sub")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("tcusim: error:") and "Not a directory" in err
+    assert "Traceback" not in err

@@ -13,6 +13,7 @@ from can_dbc.catalog import default_catalog
 from firmware_sim.clock import SimScheduler
 from firmware_sim.config import TcuConfig
 from firmware_sim.core import POSITION_SIGNALS, PRIVACY_SIGNAL
+from firmware_sim.errors import ConfigError
 from firmware_sim.payload import Privacy
 from firmware_sim.sim.drive import city_drive
 from firmware_sim.sim.session import SimulatedCar
@@ -37,7 +38,8 @@ def add_subparser(subparsers: Any) -> None:
         "--data-dir",
         type=Path,
         default=Path("tcusim-data/demo"),
-        help="where the box's flash and the gateway's database go (default: %(default)s)",
+        help="where the box's flash and the gateway's database go; the demo starts them "
+        "afresh there each run (default: %(default)s)",
     )
     parser.add_argument("--minutes", type=float, default=10.0, help="drive length (default 10)")
     parser.add_argument("--vin", default=DEMO_VIN, help="the car's VIN (default: a 2017 car)")
@@ -49,10 +51,13 @@ def add_subparser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo and print its summary; 0 when every upload reached the gateway once."""
-    if args.minutes <= 1.5 or args.minutes > 24 * 60:
-        raise SystemExit("tcusim demo: --minutes must be more than 1.5 and at most a day")
+    if not 1.5 < args.minutes <= 24 * 60:
+        raise ConfigError("--minutes must be more than 1.5 and at most a day")
     data_dir: Path = args.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--data-dir {data_dir}: {exc.strerror or exc}") from exc
     for name in ("flash.sqlite3", "gateway.sqlite3"):
         for suffix in ("", "-wal", "-shm"):
             (data_dir / f"{name}{suffix}").unlink(missing_ok=True)

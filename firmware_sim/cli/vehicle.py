@@ -17,6 +17,7 @@ from can_dbc.network import load_car_network
 from firmware_sim.box import Tcu
 from firmware_sim.clock import WallScheduler
 from firmware_sim.config import TcuConfig, UplinkConfig, parse_broker_url
+from firmware_sim.errors import ConfigError
 from firmware_sim.gnss import GnssReader, GnssSource
 from firmware_sim.runner import open_bus, run_wall_clock
 from firmware_sim.sim.drive import city_drive
@@ -71,8 +72,26 @@ def add_subparser(subparsers: Any) -> None:
     run.set_defaults(func=run_vehicle)
 
 
+def _check(args: argparse.Namespace) -> None:
+    """Refuse option combinations that would be ignored or would do harm."""
+    if args.duration is not None and args.duration <= 0:
+        raise ConfigError("--duration must be a positive number of seconds")
+    if args.dbc and args.mapping is None:
+        raise ConfigError("--dbc names the network files of a --mapping: give the mapping too")
+    if args.simulate and args.can_interface != "virtual":
+        raise ConfigError(
+            "--simulate puts simulated ECUs on the bus: it runs on --can-interface virtual "
+            "only, never on a real car's network"
+        )
+    if args.bitrate is not None and args.can_interface == "virtual":
+        raise ConfigError("--bitrate means nothing on the virtual interface")
+    if args.gnss_baud <= 0:
+        raise ConfigError("--gnss-baud must be positive")
+
+
 def run_vehicle(args: argparse.Namespace) -> int:
     """Run the box until Ctrl-C or ``--duration``; print what it did."""
+    _check(args)
     config = TcuConfig.from_mapping(
         {
             "vin": args.vin,
@@ -135,12 +154,33 @@ def run_vehicle(args: argparse.Namespace) -> int:
             pass
         finally:
             box.shutdown(drain_timeout=5.0)
-        stats = box.decoder.stats
-        core = box.core.stats if box.core else None
-        print(
-            f"frames {box.stats.frames}, decoded {stats.decoded}, unknown id {stats.unknown_id}, "
-            f"errors {stats.errors}; fixes {box.stats.fixes}; uploads {box.stats.uploads_enqueued} "
-            f"({dict(core.uploads_by_trigger) if core else {}}); "
-            f"queued {box.flash.depth if box.flash else 0}"
-        )
+        _print_counters(box, gnss)
     return 0
+
+
+def _print_counters(box: Tcu, gnss: GnssReader | None) -> None:
+    """Everything the box counted, one line a subject."""
+    d = box.decoder.stats
+    print(
+        f"frames {box.stats.frames}, decoded {d.decoded}, unchanged {d.unchanged}, "
+        f"unknown id {d.unknown_id}, errors {d.errors}, truncated {d.truncated}, "
+        f"error frames {d.error_frames}, remote frames {d.remote_frames}, "
+        f"bus errors {box.stats.bus_errors}"
+    )
+    if gnss is not None:
+        g = gnss.stats
+        print(
+            f"gnss: sentences {g.sentences}, fixes {g.fixes}, no fix {g.no_fix}, "
+            f"bad checksum {g.bad_checksum}, no checksum {g.no_checksum}, "
+            f"malformed {g.malformed}, ignored {g.ignored}, overruns {g.overruns}"
+        )
+    if box.core is not None:
+        c = box.core.stats
+        print(
+            f"samples {c.samples}, not subscribed {c.not_subscribed}, "
+            f"withheld by privacy {c.withheld_by_privacy}, dropped by privacy "
+            f"{c.dropped_by_privacy}, unrepresentable {sum(c.unrepresentable.values())}, "
+            f"invalid privacy values {c.invalid_privacy}"
+        )
+        print(f"uploads {box.stats.uploads_enqueued} {dict(c.uploads_by_trigger)}")
+    print(f"queue: {box.flash.depth} waiting, {len(box.stats.evicted)} evicted")
