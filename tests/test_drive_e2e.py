@@ -15,7 +15,7 @@ from contract import conforms
 from can_dbc.catalog import Scope, default_catalog
 from firmware_sim.clock import SimScheduler
 from firmware_sim.config import TcuConfig
-from firmware_sim.core import Action, ApplyPrivacy, JournalSamples
+from firmware_sim.core import Action, ApplyPrivacy, EnqueueUpload, JournalSamples
 from firmware_sim.payload import Privacy, Trigger, decode_uplink
 from firmware_sim.sim.drive import city_drive
 from firmware_sim.sim.session import SimulatedCar
@@ -36,6 +36,8 @@ class Recorder:
         self.journaled: dict[int, tuple[int, int, int]] = {}
         self.dropped: set[int] = set()
         self.still_pending: set[int] = set()  # in the flash, for the next boot's uploads
+        self.packed: dict[int, tuple[int, ...]] = {}  # upload seq -> its sample ids
+        self.evicted: set[int] = set()  # seqs the box evicted from its full queue
 
     def __call__(self, action: Action) -> None:
         if isinstance(action, JournalSamples):
@@ -44,12 +46,15 @@ class Recorder:
                 self.journaled[s.id] = (s.signal_id, s.t_ms, s.mantissa)
         elif isinstance(action, ApplyPrivacy):
             self.dropped.update(action.drop_sample_ids)
+        elif isinstance(action, EnqueueUpload):
+            self.packed[action.uplink.seq] = action.sample_ids
 
     def expected(self) -> Counter[tuple[int, int, float | int]]:
+        lost = {i for seq in self.evicted for i in self.packed[seq]}
         return Counter(
             (sid, t, sample_value(m, CATALOG.by_id(sid).exp))
             for i, (sid, t, m) in self.journaled.items()
-            if i not in self.dropped and i not in self.still_pending
+            if i not in self.dropped and i not in self.still_pending and i not in lost
         )
 
 
@@ -94,9 +99,10 @@ def make_car(
 def finish(car: SimulatedCar, gateway: GatewayThread, vin: str, rec: Recorder) -> Store:
     assert car.box.core is not None
     rec.still_pending = {s.id for s in car.box.core.pending_samples()}
-    sequence_numbers = car.box.core.next_seq  # every upload of every boot
+    # Every upload of every boot, but those the box evicted from its full queue.
+    expected = car.box.core.next_seq - len(rec.evicted)
     assert car.close(drain_timeout=WAIT), "the box's queue did not drain"
-    assert gateway.wait_until(lambda s: s.payload_count(vin) >= sequence_numbers, WAIT)
+    assert gateway.wait_until(lambda s: s.payload_count(vin) >= expected, WAIT)
     store = gateway.reader()
     assert all(conforms(p.raw) for p in store.payloads(vin)), "a payload breaks uplink.cddl"
     return store
@@ -212,4 +218,36 @@ def test_broker_outage_and_power_cut_lose_nothing_and_double_nothing(
         assert stored(store, vin) == rec.expected()
         assert store.seq_gaps(vin) == []
         assert car.boots == 2
+        store.close()
+
+
+def test_a_queue_that_overflows_evicts_counts_and_the_gateway_sees_why(
+    tmp_path: Path, fresh_broker: object
+) -> None:
+    vin = "VR3UHZKXZLT000106"  # 2020: an upload every 10 s
+    rec = Recorder()
+    broker = fresh_broker
+    with GatewayThread(tmp_path / "gateway.sqlite3", broker.url) as gateway:  # type: ignore[attr-defined]
+        car = make_car(tmp_path, broker.url, vin, 8, rec, queue_max_entries=6)  # type: ignore[attr-defined]
+        car.run_for(60)
+        assert car.box.drain(WAIT)
+        broker.stop()  # type: ignore[attr-defined]
+        car.run_for(300)  # about 30 uploads for a queue of 6
+        broker.start()  # type: ignore[attr-defined]
+        assert car.box.uplink is not None and car.box.uplink.wait_connected(WAIT)
+        assert car.box.drain(WAIT)
+        car.run_for(60)
+        rec.evicted = set(car.box.stats.evicted)
+        store = finish(car, gateway, vin, rec)
+        assert len(rec.evicted) > 15
+        # The gateway sees exactly the evicted uploads missing, and the box says how many
+        # (each upload counts those evicted before it was queued).
+        assert set(store.seq_gaps(vin)) == rec.evicted
+        last = decode_uplink(store.payloads(vin)[-1].raw)
+        assert last.evicted == len(rec.evicted)
+        # Events outrank the periodic uploads: the ignition and door uploads all survived.
+        kept = Counter(decode_uplink(p.raw).trigger for p in store.payloads(vin))
+        assert kept[Trigger.IGNITION_ON] == 1 and kept[Trigger.DOOR] == 2
+        # Every sample of every upload not evicted arrived once.
+        assert stored(store, vin) == rec.expected()
         store.close()
