@@ -112,3 +112,57 @@ def wait_for(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
 def test_an_interface_that_cannot_open_is_a_clear_error() -> None:
     with pytest.raises(InterfaceError, match="cannot open CAN interface"):
         open_bus("no-such-interface", "can0")
+
+
+class FaultyBus(can.BusABC):  # type: ignore[misc]
+    """A bus that goes bus-off for its first reads, then passes frames from a virtual bus."""
+
+    def __init__(self, channel: str, failures: int) -> None:
+        super().__init__(channel=channel)
+        self._inner = can.Bus(interface="virtual", channel=channel)
+        self.failures = failures
+
+    def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise can.CanOperationError("bus off")
+        return self._inner.recv(timeout), False
+
+    def send(self, msg: can.Message, timeout: float | None = None) -> None:
+        self._inner.send(msg, timeout)
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+        super().shutdown()
+
+
+def test_a_failing_interface_is_counted_and_the_box_carries_on(tmp_path: Path) -> None:
+    network = load_car_network()
+    encoder = FrameEncoder(network.database, network.mapping)
+    bus = FaultyBus("faulty-bench", failures=3)
+    ecu = open_bus("virtual", "faulty-bench")
+    scheduler = WallScheduler()
+    box = Tcu(
+        TcuConfig(vin="VR3UHZKXZHT000302", model_year=2017),
+        data_dir=tmp_path,
+        decoder=CompiledDecoder.for_mapping(network.mapping),
+        scheduler=scheduler,
+        uplink=None,
+        bus=bus,
+    )
+    box.boot()
+    stop = threading.Event()
+    runner = threading.Thread(target=run_wall_clock, args=(box, scheduler), kwargs={"stop": stop})
+    runner.start()
+    try:
+        data = encoder.encode("BSI_Ignition", {"Vehicle.LowVoltageSystemState": 2})
+        assert wait_for(lambda: box.stats.bus_errors == 3)
+        ecu.send(encoder.can_message("BSI_Ignition", data))
+        assert wait_for(lambda: box.decoder.stats.decoded == 1)
+        assert runner.is_alive() and box.stats.last_bus_error == "bus off"
+    finally:
+        stop.set()
+        runner.join(WAIT)
+        box.shutdown()
+        bus.shutdown()
+        ecu.shutdown()
