@@ -54,8 +54,9 @@ CAR_VERSION = "tcusim-car-1"
 
 #: The PSA messages the car sends, with their cycle times in ms. Where the PSA file's own
 #: comment states a period it is used (Dyn_CMM 10, Dyn2_CMM 20, Dyn_Veh 40, Dat_BSI 50,
-#: Etat_Crash 50, Dat_CMM 100, Dat_CLIM 100, DAT4_BSI_AEE2010 "every second"); Dat3_BSI
-#: states none and is given 1000 ms, a battery state being slow.
+#: Etat_Crash 50, Dat_CMM 100, Dat_CLIM 100, DAT4_BSI_AEE2010 "every second" after its first
+#: second); the others state none and are given a plausible one: 100 ms for the turn signals
+#: (HS2_DAT_MDD_CMD_452), 1000 ms for the slow states (battery, outside air, fuel volume).
 PSA_CYCLE_TIMES: Mapping[str, int] = {
     "Dyn_CMM": 10,
     "Dyn2_CMM": 20,
@@ -64,8 +65,12 @@ PSA_CYCLE_TIMES: Mapping[str, int] = {
     "Etat_Crash": 50,
     "Dat_CMM": 100,
     "Dat_CLIM": 100,
+    "HS2_DAT_MDD_CMD_452": 100,
     "Dat3_BSI": 1000,
     "DAT4_BSI_AEE2010": 1000,
+    "Dat6_BSI": 1000,
+    "Contexte1_5B2": 1000,
+    "HS2_DAT7_BSI_612": 1000,
 }
 
 #: The remote command frames of the body network.
@@ -100,12 +105,16 @@ class CommandResult(enum.IntEnum):
 
 
 def _nodes_of(messages: Sequence[Message], database: Database) -> list[Node]:
+    """The nodes these messages name; those the PSA file uses without declaring are added."""
     used: set[str] = set()
     for message in messages:
         used.update(message.senders)
         for signal in message.signals:
             used.update(signal.receivers)
-    return [node for node in database.nodes if node.name in used]
+    used.discard("Vector__XXX")
+    declared = [node for node in database.nodes if node.name in used]
+    undeclared = sorted(used - {node.name for node in declared})
+    return declared + [Node(name) for name in undeclared]
 
 
 def build_car_dbc(networks_dir: Path = NETWORKS_DIR) -> str:

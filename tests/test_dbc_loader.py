@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 
 import pytest
@@ -310,3 +311,52 @@ def test_command_and_privacy_value_tables_match_the_code() -> None:
     assert privacy is not None
     catalog = car.mapping.by_name("Vehicle.Connectivity.PrivacySetting").spec.enum
     assert {int(k): str(v) for k, v in privacy.items()} == dict(catalog)
+
+
+def _stated_period_ms(comment: str | None) -> int | None:
+    """The period a PSA message comment states, if it states one."""
+    if comment is None:
+        return None
+    if (match := re.search(r"Period time (\d+)\s*ms", comment)) is not None:
+        return int(match.group(1))
+    if "toutes les secondes" in comment:  # "... puis toutes les secondes"
+        return 1000
+    return None
+
+
+def test_psa_cycle_times_are_the_periods_the_psa_file_states() -> None:
+    psa = load_network(PSA).database
+    unstated = set()
+    for name, cycle in PSA_CYCLE_TIMES.items():
+        stated = _stated_period_ms(psa.get_message_by_name(name).comment)
+        if stated is None:
+            unstated.add(name)
+        else:
+            assert cycle == stated, name
+    assert unstated == {
+        "Dat3_BSI",
+        "Dat6_BSI",
+        "Contexte1_5B2",
+        "HS2_DAT_MDD_CMD_452",
+        "HS2_DAT7_BSI_612",
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "message", "signal"),
+    [
+        ("Vehicle.LowVoltageBattery.CurrentVoltage", "Dat6_BSI", "P418_Com_uBattRaw"),
+        ("Vehicle.Exterior.AirTemperature", "Contexte1_5B2", "P146_Com_tEnvT"),
+        ("Vehicle.Alert.BrakeFault", "Dat_BSI", "P040_MainBrakeFault"),
+        ("Vehicle.Powertrain.FuelSystem.RelativeLevel", "HS2_DAT7_BSI_612", "INFO_NIV_CARB"),
+        ("Vehicle.Body.Lights.IsFlashing", "HS2_DAT_MDD_CMD_452", "TURN_SIGNAL_STATUS"),
+    ],
+)
+def test_signals_the_psa_file_carries_come_from_it(name: str, message: str, signal: str) -> None:
+    car = load_car_network()
+    mapped = car.mapping.by_name(name)
+    assert (mapped.message, mapped.signal) == (message, signal)
+    psa = load_network(PSA).database.get_message_by_name(message)
+    assert car.message(message).frame_id == psa.frame_id
+    body = load_network(NETWORKS_DIR / "tcusim_body.dbc", repair=False).database
+    assert message not in {m.name for m in body.messages}

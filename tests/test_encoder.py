@@ -14,6 +14,7 @@ from can_dbc.encoder import FrameEncoder, signal_limits
 from can_dbc.errors import EncodeError
 from can_dbc.mapping import MappedSignal
 from can_dbc.network import COMMAND_FEEDBACK, COMMAND_REQUEST, CommandAction, load_car_network
+from firmware_sim.sim.physics import Energy, VehicleState
 
 CAR = load_car_network()
 MAPPING = CAR.mapping
@@ -85,7 +86,10 @@ def test_values_beyond_the_dbc_range_are_clamped() -> None:
 
     assert through("Vehicle.Speed", 1000.0) == 655.34  # DBC [0|655.34]
     assert through("Vehicle.Speed", -5.0) == 0.0
-    assert through("Vehicle.LowVoltageBattery.CurrentVoltage", 99.0) == 40.95
+    # P418_Com_uBattRaw: [5|25.47] V, which 12.6 V sits well inside.
+    assert through("Vehicle.LowVoltageBattery.CurrentVoltage", 99.0) == 25.47
+    assert through("Vehicle.LowVoltageBattery.CurrentVoltage", 12.6) == pytest.approx(12.6)
+    assert through("Vehicle.LowVoltageBattery.CurrentVoltage", 0.0) == 5.0
     assert through("Vehicle.LowVoltageBattery.StateOfCharge", 102.0) == 100.0
     # [0|0] is "no range given": the crash bit still carries 1.
     assert through("Vehicle.Safety.CrashDetected", 1) == 1
@@ -96,8 +100,7 @@ def test_values_beyond_the_dbc_range_are_clamped() -> None:
 def test_signals_not_given_take_their_initial_value() -> None:
     decoder = MessageDecoder(CAR.database)
     for name, expected in [
-        ("BSI_Temperatures", {"ExteriorTemp": 20.0, "CabinTemp": 20.0}),
-        ("BSI_Battery", {"BatteryVoltage": 12.5}),
+        ("BSI_CabinTemp", {"CabinTemp": 20.0}),
         ("Dyn_Veh", {"P060_vECU": 0, "P062_sECU": 0, "P066_aECU": -14}),
     ]:
         message = CAR.message(name)
@@ -119,7 +122,7 @@ def test_command_frames_by_dbc_signal_names() -> None:
     decoded = MessageDecoder(CAR.database, decode_choices=True).decode(0x2EC, False, feedback)
     assert decoded is not None
     assert decoded[1] == {"FbCounter": 7, "FbAction": "Horn", "FbResult": "Done"}
-    raw = ENCODER.encode_signals("BSI_Battery", {"BatteryVoltage": 1234}, scaling=False)
+    raw = ENCODER.encode_signals("BSI_Range", {"Range": 1234}, scaling=False)
     assert raw == (1234).to_bytes(2, "little")
     msg = ENCODER.can_message(COMMAND_REQUEST, data, timestamp=1.5)
     assert (msg.arbitration_id, msg.is_extended_id, bytes(msg.data)) == (0x2E8, False, data)
@@ -136,7 +139,7 @@ def test_command_frames_by_dbc_signal_names() -> None:
         (lambda: ENCODER.encode("BSI_Body", {"Vehicle.Cabin.DoorsLockState": 5}), "not one of"),
         (lambda: ENCODER.encode_signals("BSI_Body", {"Nope": 1}), "no signal 'Nope'"),
         (lambda: ENCODER.encode_signals(COMMAND_REQUEST, {"CmdAction": "Dance"}), "no choice"),
-        (lambda: ENCODER.encode_signals("BSI_Battery", {"BatteryVoltage": 1.5}, scaling=False),
+        (lambda: ENCODER.encode_signals("BSI_Range", {"Range": 1.5}, scaling=False),
          "not an integer"),
         (lambda: ENCODER.carrier("Vehicle.CurrentLocation.Latitude"), "is not mapped"),
     ],
@@ -165,3 +168,24 @@ def test_any_signal_values_encode_or_raise_encode_error(
         except EncodeError:
             continue
         assert len(data) == CAR.message(message).length
+
+
+@pytest.mark.parametrize("energy", list(Energy))
+def test_the_sim_car_frames_carry_nothing_made_up(energy: Energy) -> None:
+    """Each frame the simulated car sends (the signals it has; the rest at their start value
+    or 0) decodes to the car's values, and a mapped signal the car lacks reads 0 (off)."""
+    values = VehicleState(energy).values
+    decoder = CompiledDecoder(CAR.database, MAPPING, skip_unchanged=False)
+    for (frame_id, extended), carried in MAPPING.frames().items():
+        present = {m.name: values[m.name] for m in carried if m.name in values}
+        if not present:
+            continue  # the car does not send it
+        data = ENCODER.encode(carried[0].message, present)
+        decoded = dict(decoder.decode(frame_id, extended, data) or [])
+        for mapped in carried:
+            if mapped.name in present:
+                tolerance = _resolution(mapped) / 2 + 1e-9
+                assert abs(decoded[mapped.id] - present[mapped.name]) <= tolerance, mapped.name
+            else:
+                assert mapped.spec.type in (SignalType.BOOL, SignalType.ENUM), mapped.name
+                assert decoded.get(mapped.id, 0) == 0, mapped.name
