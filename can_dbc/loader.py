@@ -5,11 +5,14 @@ The format is chosen by the file's extension (``.dbc .kcd .arxml .sym``) or by a
 cp1252 (the encoding of DBC files written on Windows); the encoding used for each file is
 stated in the :class:`LoadReport`. KCD and ARXML are XML and read as UTF-8 only.
 
-Real files have faults. With ``repair=True`` (the default) two are repaired and reported:
+Real files have faults. With ``repair=True`` (the default) three are repaired and reported:
 
 - a message or signal name that starts with a digit (``0_COUNTER``: DBC names are C
   identifiers and cantools refuses the file) is renamed with a leading underscore
   (``_0_COUNTER``), and every reference to it in the file is renamed with it;
+- a frame (id and extended flag) defined twice in one file: the last definition is kept (the
+  one cantools looks the id up to) and the earlier dropped, with a warning naming both
+  messages and their lines;
 - a message whose signals overlap or do not fit (cantools' strict check) is loaded as it is
   written, and the fault is reported as a warning.
 
@@ -187,12 +190,12 @@ def _repair_names(text: str, file: str, report: LoadReport) -> str:
     return pattern.sub(substitute, text)
 
 
-def _message_lines(text: str) -> dict[str, int]:
-    """The line of each ``BO_`` definition, by message name."""
-    lines: dict[str, int] = {}
+def _message_lines(text: str) -> dict[str, list[int]]:
+    """The lines of the ``BO_`` definitions, by message name, in file order."""
+    lines: dict[str, list[int]] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if (bo := _BO_NAME.match(line)) is not None:
-            lines.setdefault(bo.group(2), number)
+            lines.setdefault(bo.group(2), []).append(number)
     return lines
 
 
@@ -278,12 +281,59 @@ def _check_strict(
         try:
             message.refresh(strict=True)
         except CantoolsError as exc:
-            line = lines.get(message.name)
+            line = lines.get(message.name, [None])[0]
             if not repair:
                 raise DbcError(
                     f"{exc} (load with repair=True to accept it)", path=file, line=line
                 ) from exc
             report.warnings.append(LoadWarning(file, line, f"{exc} Loaded without strict check."))
+
+
+def _check_duplicate_frames(
+    database: Database, text: str, fmt: str, file: str, *, repair: bool, report: LoadReport
+) -> None:
+    """Find frames (id, extended) defined twice; the last definition is kept, with a warning.
+
+    cantools keeps every definition but looks frames up by id, so an earlier one would be
+    hidden from the decoders while its name still resolved.
+    """
+    lines = _message_lines(text) if fmt == "dbc" else {}
+    seen: dict[str, int] = {}
+    located: list[tuple[Message, int | None]] = []
+    for message in database.messages:
+        at = lines.get(message.name, [])
+        index = seen.get(message.name, 0)
+        seen[message.name] = index + 1
+        located.append((message, at[index] if index < len(at) else None))
+
+    def where(message: Message, line: int | None) -> str:
+        return f"{message.name} (line {line})" if line is not None else message.name
+
+    last: dict[tuple[int, bool], tuple[Message, int | None]] = {}
+    for message, line in located:
+        last[(message.frame_id, bool(message.is_extended_frame))] = (message, line)
+    dropped: list[Message] = []
+    for message, line in located:
+        kept, kept_line = last[(message.frame_id, bool(message.is_extended_frame))]
+        if kept is message:
+            continue
+        kind = "extended" if message.is_extended_frame else "standard"
+        fault = (
+            f"{kind} frame 0x{message.frame_id:x} is defined twice: "
+            f"{where(message, line)} and {where(kept, kept_line)}"
+        )
+        if not repair:
+            raise DbcError(
+                f"{fault} (load with repair=True to keep the last)", path=file, line=kept_line
+            )
+        report.warnings.append(
+            LoadWarning(file, line, f"{fault}; {kept.name} is kept, {message.name} dropped.")
+        )
+        dropped.append(message)
+    if dropped:
+        for message in dropped:
+            database.messages.remove(message)
+        database.refresh()
 
 
 def _load_text(text: str, fmt: str, file: str, *, repair: bool, report: LoadReport) -> Database:
@@ -301,6 +351,7 @@ def _load_text(text: str, fmt: str, file: str, *, repair: bool, report: LoadRepo
                     line=number,
                 )
     database = _parse(text, fmt, file)
+    _check_duplicate_frames(database, text, fmt, file, repair=repair, report=report)
     _check_strict(database, text, fmt, file, repair=repair, report=report)
     return database
 

@@ -11,6 +11,7 @@ import textparser
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from can_dbc.decoder import MessageDecoder
 from can_dbc.errors import DbcError
 from can_dbc.loader import load_network, load_network_string
 from can_dbc.network import (
@@ -360,3 +361,40 @@ def test_signals_the_psa_file_carries_come_from_it(name: str, message: str, sign
     assert car.message(message).frame_id == psa.frame_id
     body = load_network(NETWORKS_DIR / "tcusim_body.dbc", repair=False).database
     assert message not in {m.name for m in body.messages}
+
+
+DUPLICATE_DBC = SMALL_DBC.replace(
+    "BO_ 2566834430 Ext",
+    'BO_ 256 SpeedAgain: 2 ECU\n SG_ Again : 0|8@1+ (1,0) [0|255] "" Vector__XXX\n\n'
+    "BO_ 2147483904 ExtSameId: 1 ECU\n\nBO_ 2566834430 Ext",
+)
+
+
+def test_a_frame_defined_twice_keeps_the_last_with_a_warning() -> None:
+    loaded = load_network_string(DUPLICATE_DBC, "dbc", source="dup.dbc")
+    lines = DUPLICATE_DBC.splitlines()
+    first = lines.index("BO_ 256 Speed: 8 ECU") + 1
+    again = lines.index("BO_ 256 SpeedAgain: 2 ECU") + 1
+    [warning] = loaded.report.warnings
+    assert (warning.file, warning.line) == ("dup.dbc", first)
+    assert f"Speed (line {first}) and SpeedAgain (line {again})" in warning.message
+    assert "standard frame 0x100 is defined twice" in warning.message
+    db = loaded.database
+    names = {m.name for m in db.messages}
+    # The extended frame with id 0x100 is another frame: it stays.
+    assert names == {"SpeedAgain", "ExtSameId", "Ext", "Fd"}
+    assert db.get_message_by_name("ExtSameId").is_extended_frame
+    decoded = MessageDecoder(db).decode(0x100, False, b"\x2a\x00")
+    assert decoded is not None
+    assert (decoded[0].name, decoded[1]) == ("SpeedAgain", {"Again": 42})
+
+
+def test_a_frame_defined_twice_is_refused_without_repair() -> None:
+    with pytest.raises(DbcError) as caught:
+        load_network_string(DUPLICATE_DBC, "dbc", repair=False, source="dup.dbc")
+    lines = DUPLICATE_DBC.splitlines()
+    assert caught.value.line == lines.index("BO_ 256 SpeedAgain: 2 ECU") + 1
+    assert f"Speed (line {lines.index('BO_ 256 Speed: 8 ECU') + 1}) and SpeedAgain" in str(
+        caught.value
+    )
+    assert "repair=True" in caught.value.reason
