@@ -154,6 +154,7 @@ class TcuConfig:
     max_samples_per_payload: int = 4_000
     position_max_age_ms: int = 5_000
     flash_power_safe: bool = True  # sync every flash commit to disk (survives power loss)
+    min_event_gap_ms: int = 1_000  # event uploads (but a crash) at most this often
     policy: UploadPolicy = field(init=False)
 
     def __post_init__(self) -> None:
@@ -162,8 +163,10 @@ class TcuConfig:
             raise ConfigError(f"model_year {self.model_year} is out of range 1980..2100")
         if self.queue_max_entries < 1 or self.queue_max_bytes < 1024:
             raise ConfigError("the queue must hold at least one entry and 1 KiB")
-        if self.max_samples_per_payload < 1:
-            raise ConfigError("max_samples_per_payload must be at least 1")
+        if not 1 <= self.max_samples_per_payload <= 50_000:
+            raise ConfigError("max_samples_per_payload must be in 1..50000 (a payload's limit)")
+        if self.min_event_gap_ms < 0:
+            raise ConfigError("min_event_gap_ms must not be negative")
         object.__setattr__(self, "policy", UploadPolicy.for_model_year(self.model_year))
 
     @classmethod

@@ -51,6 +51,7 @@ class Timer(enum.Enum):
     SAMPLE_NORMAL = "sample-normal"
     SAMPLE_SLOW = "sample-slow"
     UPLOAD = "upload"
+    EVENT = "event"  # a held-back event upload is due
 
 
 _SAMPLE_TIMERS = {
@@ -142,6 +143,7 @@ class CoreStats:
     dropped_by_privacy: int = 0  # samples taken, then withdrawn when the setting tightened
     not_subscribed: int = 0
     invalid_privacy: int = 0  # head-unit values that name no setting (taken as Full)
+    events_held: int = 0  # event uploads held back by the minimum gap between them
     unrepresentable: dict[str, int] = field(default_factory=dict)  # by signal name
     last_unrepresentable: str = ""
 
@@ -185,6 +187,8 @@ class TcuCore:
             if klass is not None:
                 self._pending[klass].append(sample)
         self._start_ms = 0
+        self._last_event_ms = -(2**62)
+        self._held_trigger: Trigger | None = None
         self.stats = CoreStats()
 
     # -- events ---------------------------------------------------------------------------
@@ -238,8 +242,28 @@ class TcuCore:
             self._pending[Refresh.EVENT].extend(new_samples)
             actions.append(JournalSamples(tuple(new_samples)))
         if trigger is not None:
-            actions.extend(self._pack(now_ms, trigger, tuple(Refresh)))
+            actions.extend(self._event_upload(now_ms, trigger))
         return actions
+
+    def _event_upload(self, now_ms: int, trigger: Trigger) -> list[Action]:
+        """Upload at once for an event, but at most once per ``min_event_gap_ms``.
+
+        A signal that flaps (a loose door contact) would otherwise fill the queue with
+        event uploads and evict everything else; its changes are all sampled, and go in one
+        upload when the gap has passed. A crash is never held back.
+        """
+        held = self._held_trigger
+        if held is not None and priority_of(held) > priority_of(trigger):
+            trigger = held
+        due = self._last_event_ms + self.config.min_event_gap_ms
+        if trigger is Trigger.CRASH or now_ms >= due:
+            self._held_trigger = None
+            self._last_event_ms = now_ms
+            return self._pack(now_ms, trigger, tuple(Refresh))
+        self.stats.events_held += 1
+        first_hold = held is None
+        self._held_trigger = trigger
+        return [ArmTimer(Timer.EVENT, due)] if first_hold else []
 
     def on_position(
         self,
@@ -266,6 +290,13 @@ class TcuCore:
 
     def on_timer(self, now_ms: int, timer: Timer) -> list[Action]:
         """A timer is due: sample a refresh class, or run the periodic upload."""
+        if timer is Timer.EVENT:
+            held = self._held_trigger
+            if held is None or now_ms < self._last_event_ms + self.config.min_event_gap_ms:
+                return []  # already sent with a crash; a later timer is armed if need be
+            self._held_trigger = None
+            self._last_event_ms = now_ms
+            return self._pack(now_ms, held, tuple(Refresh))
         if timer is Timer.UPLOAD:
             tick = self.policy.tick_ms
             elapsed = now_ms - self._start_ms
@@ -373,7 +404,7 @@ class TcuCore:
         actions.append(ApplyPrivacy(privacy, self.allowed, tuple(dropped)))
         # The change itself is announced, so the cloud can show what the driver chose;
         # under Full nothing else follows.
-        actions.extend(self._pack(now_ms, Trigger.PRIVACY, tuple(Refresh)))
+        actions.extend(self._event_upload(now_ms, Trigger.PRIVACY))
         return actions
 
     def _pack(

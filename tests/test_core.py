@@ -284,3 +284,21 @@ def test_a_setting_applies_to_the_values_that_arrive_with_it() -> None:
     assert [(u.trigger, u.privacy, u.series) for u in h.uploads] == [
         (Trigger.PRIVACY, Privacy.FULL, ())
     ]
+
+
+def test_a_flapping_door_is_sampled_in_full_but_uploads_at_most_once_a_second() -> None:
+    h = Harness(TcuConfig(vin=VIN_2017, model_year=2017))
+    door = "Vehicle__Cabin__Door__Row1__DriverSide__IsOpen"
+    for i in range(101):  # a loose contact: 100 changes in 10 s
+        h.signals(10 + i / 10, **{door: i % 2})
+    h.signals(15.05, Vehicle__Safety__CrashDetected=0)
+    h.signals(15.25, Vehicle__Safety__CrashDetected=1)
+    h.run(59)
+    events = [(t - T0, u.trigger) for t, u in zip(h.sent_at, h.uploads, strict=True)]
+    door_times = [t for t, trigger in events if trigger is Trigger.DOOR]
+    assert len(door_times) == 11  # 10 s of flapping, one a second, then the held one
+    assert all(b - a >= 1000 for a, b in itertools.pairwise(door_times))
+    assert (15_250, Trigger.CRASH) in events  # a crash is never held back
+    series = [s for u in h.uploads for s in u.series if s.signal_id == SID[door.replace("__", ".")]]
+    assert sum(len(s.times) for s in series) == 101  # every change is in some upload
+    assert h.core.stats.events_held > 80
