@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from can_dbc.catalog import Refresh
 from firmware_sim.errors import ConfigError
@@ -112,7 +112,9 @@ def parse_broker_url(url: str) -> BrokerUrl:
         port = parts.port or (8883 if tls else 1883)
     except ValueError as exc:
         raise ConfigError(f"broker URL {url!r}: {exc}") from exc
-    return BrokerUrl(parts.hostname, port, tls, parts.username, parts.password)
+    username = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    return BrokerUrl(parts.hostname, port, tls, username, password)
 
 
 @dataclass(frozen=True)

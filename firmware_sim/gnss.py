@@ -4,7 +4,7 @@
 ``socket://host:port``) or adopts a port object that is already open, and :meth:`~GnssReader.poll`
 returns the fixes whose sentences have arrived. Bad data is never raised: every line ends up
 in one counter of :class:`GnssStats`. Only opening can fail, with
-:class:`~firmware_sim.errors.ConfigError`; a read error of a port that went away is counted
+:class:`~firmware_sim.errors.InterfaceError`; a read error of a port that went away is counted
 too, so a box keeps running without its receiver.
 
 Lifecycle (:class:`State`): a reader made from a URL starts ``UNOPENED`` and is opened by
@@ -23,7 +23,7 @@ from typing import Self
 
 import serial
 
-from firmware_sim.errors import ConfigError, LifecycleError, NmeaError
+from firmware_sim.errors import InterfaceError, LifecycleError, NmeaError
 from firmware_sim.nmea import Fix, FixAssembler, format_gga, format_rmc, parse_sentence
 
 __all__ = ["MAX_LINE_BYTES", "GnssReader", "GnssSource", "GnssStats", "State"]
@@ -70,7 +70,7 @@ def _open(port: str, baudrate: int, what: str) -> serial.SerialBase:
     try:
         return serial.serial_for_url(port, baudrate=baudrate, timeout=0)
     except (serial.SerialException, ValueError, OSError) as exc:
-        raise ConfigError(f"cannot open the {what} port {port!r}: {exc}") from exc
+        raise InterfaceError(f"cannot open the {what} port {port!r}: {exc}") from exc
 
 
 class _Port:
@@ -86,7 +86,7 @@ class _Port:
         self.state = State.UNOPENED if isinstance(port, str) else State.OPENED
 
     def open(self) -> None:
-        """Open the port of the URL given; :class:`ConfigError` when it cannot be opened."""
+        """Open the port of the URL given; :class:`InterfaceError` when it cannot be opened."""
         if self.state is not State.UNOPENED or self._url is None:
             raise LifecycleError(f"{type(self).__name__} is {self.state.value}: cannot open it")
         self._port = _open(self._url, self._baudrate, self._what)

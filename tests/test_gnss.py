@@ -12,7 +12,7 @@ import serial
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware_sim.errors import ConfigError, LifecycleError
+from firmware_sim.errors import InterfaceError, LifecycleError
 from firmware_sim.gnss import MAX_LINE_BYTES, GnssReader, GnssSource, GnssStats, State
 from firmware_sim.nmea import Fix, checksum, format_gga, format_rmc
 
@@ -260,7 +260,7 @@ def test_an_adopted_port_is_left_to_its_owner(loop: serial.SerialBase) -> None:
 @pytest.mark.parametrize("url", ["/dev/nonexistent-gnss", "nope://gnss", "socket://127.0.0.1:1"])
 def test_a_port_that_cannot_be_opened(url: str) -> None:
     reader = GnssReader(url)
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(InterfaceError) as info:
         reader.open()
     assert "GNSS" in str(info.value)
     assert reader.state is State.UNOPENED

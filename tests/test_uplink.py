@@ -129,3 +129,9 @@ def test_reconnect_delays_double_up_to_the_cap_with_jitter() -> None:
     # Two boxes that lost the same broker do not come back in step.
     other = list(itertools.islice(backoff_delays(0.5, 30.0, random.Random(8)), 12))
     assert other != delays
+
+
+def test_credentials_in_the_url_may_be_percent_encoded() -> None:
+    url = parse_broker_url("mqtts://fleet%2Fbox:p%40ss%3Aword@broker.example:8883")
+    assert (url.username, url.password) == ("fleet/box", "p@ss:word")
+    assert "p@ss" not in repr(url) and "p@ss" not in str(url)
