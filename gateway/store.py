@@ -6,13 +6,19 @@ migrations in :data:`MIGRATIONS`, the applied ones recorded in ``schema_version`
 
 Every inbound message ends as exactly one of: an accepted payload (stored once, with its
 samples), a counted duplicate (same VIN, sequence number and bytes as a stored one), a
-presence update, or a rejection kept with its reason and raw bytes.
+presence update, or a rejection kept with its reason and raw bytes. ``docs/gateway.md``
+lists the reasons, among them ``privacy_violation`` (series the payload's own privacy setting
+forbids) and ``box_reset`` (a sequence number reused by a box whose counters restarted).
+
+``SqliteStore(path, read_only=True)`` opens an existing gateway database without writing
+to it (no migration, no directory, no file): what ``tcusim gateway status`` uses.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -25,9 +31,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from can_dbc.catalog import Catalog, default_catalog
+from can_dbc.catalog import Catalog, Scope, default_catalog
 from firmware_sim.errors import PayloadError
-from firmware_sim.payload import Uplink, decode_uplink
+from firmware_sim.payload import Privacy, Uplink, decode_uplink
 from gateway.errors import StorageError
 
 __all__ = [
@@ -160,8 +166,10 @@ class Vehicle:
     presence_at_ms: int | None
     boot: int | None
     max_seq: int | None
-    evicted: int
+    evicted: int  # uploads the box evicted from its full queue since its flash was first written
     duplicates: int
+    reset_uploads: int = 0  # uploads rejected as ``box_reset``: the box's counters restarted
+    reset_seen_ms: int | None = None  # when the first of them arrived
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +335,7 @@ class Store(ABC):
                 entry["label"] = spec.enum.get(value)
             signals.append(entry)
         ranges = self.seq_gap_ranges(vin)
+        missing = sum(last - first + 1 for first, last in ranges)
         return {
             "vin": vin,
             "presence": vehicle.presence,
@@ -340,10 +349,19 @@ class Store(ABC):
             "samples": self.sample_count(vin),
             "duplicates": vehicle.duplicates,
             "rejected": len(self.rejections(vin)),
+            # Side by side: the uploads the box itself evicted account for that many gaps;
+            # the rest are on their way or were lost between the box and the database.
             "gaps": {
-                "count": sum(last - first + 1 for first, last in ranges),
+                "count": missing,
                 "ranges": [list(r) for r in ranges],
+                "evicted_by_box": vehicle.evicted,
+                "unexplained": max(0, missing - vehicle.evicted),
             },
+            "box_reset": (
+                {"uploads": vehicle.reset_uploads, "first_seen": rfc3339(vehicle.reset_seen_ms)}
+                if vehicle.reset_uploads
+                else None
+            ),
             "signals": signals,
         }
 
@@ -390,6 +408,11 @@ def _parse_presence(raw: bytes) -> tuple[str | None, int | None]:
 INT64_MAX = 2**63 - 1
 
 
+def _ids(signal_ids: Iterable[int]) -> str:
+    ids = sorted(signal_ids)
+    return ("signal " if len(ids) == 1 else "signals ") + ", ".join(map(str, ids))
+
+
 def _out_of_int64(uplink: Uplink) -> str:
     """Why a decoded uplink does not fit SQLite's signed 64-bit integers ("" when it does)."""
     for name in ("seq", "base_time_ms", "boot", "evicted"):
@@ -405,6 +428,12 @@ def _out_of_int64(uplink: Uplink) -> str:
     return ""
 
 
+# The tables the migrations create: a database without all of them is not the gateway's.
+SCHEMA_TABLES = frozenset(
+    re.findall(r"CREATE TABLE (\w+)", " ".join(s for m in MIGRATIONS for s in m.statements))
+) | {"schema_version"}
+
+
 class SqliteStore(Store):
     """:class:`Store` on one SQLite file (WAL journal; one writer at a time).
 
@@ -412,6 +441,10 @@ class SqliteStore(Store):
     default) survives a crash of the process, ``"FULL"`` also a power loss. The object may be
     shared between threads (calls are serialised); a second ``SqliteStore`` on the same file
     gives a reader that does not wait for the writer.
+
+    A new file is created and migrated; a file holding other tables and no gateway schema is
+    refused rather than extended. ``read_only=True`` opens an existing, fully migrated gateway
+    database with SQLite's ``mode=ro`` and refuses anything else.
     """
 
     def __init__(
@@ -421,34 +454,91 @@ class SqliteStore(Store):
         catalog: Catalog | None = None,
         synchronous: str = "NORMAL",
         timeout: float = 10.0,
+        read_only: bool = False,
     ) -> None:
         self.path = str(path)
+        self.read_only = read_only
         self._catalog = catalog or default_catalog()
         self._known_signals = frozenset(s.id for s in self._catalog.signals)
+        self._position_signals = frozenset(
+            s.id for s in self._catalog.signals if s.scope is Scope.POSITION
+        )
         self._lock = threading.RLock()
         if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise StorageError(
                 f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}"
             )
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = self._connect_read_only(timeout) if read_only else self._connect(timeout)
         try:
-            self._conn = sqlite3.connect(
-                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise StorageError(f"{self.path}: cannot open: {exc}") from exc
-        try:
-            if self.path != ":memory:":
-                self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            self._migrate()
+            if read_only:
+                self._conn.execute("PRAGMA query_only=ON")
+                self._check_schema()
+            else:
+                self._refuse_foreign()
+                if self.path != ":memory:":
+                    self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+                self._migrate()
         except sqlite3.Error as exc:
             self._conn.close()
             raise StorageError(f"{self.path}: cannot prepare the database: {exc}") from exc
         except StorageError:
             self._conn.close()
             raise
+
+    def _connect(self, timeout: float) -> sqlite3.Connection:
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            return sqlite3.connect(
+                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"{self.path}: cannot open: {exc}") from exc
+
+    def _connect_read_only(self, timeout: float) -> sqlite3.Connection:
+        if self.path in ("", ":memory:"):
+            raise StorageError("an in-memory database cannot be opened read-only: it is empty")
+        file = Path(self.path)
+        if not file.is_file():
+            raise StorageError(f"{self.path}: no such database")
+        try:
+            return sqlite3.connect(
+                f"{file.resolve().as_uri()}?mode=ro",
+                uri=True,
+                timeout=timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"{self.path}: cannot open: {exc}") from exc
+
+    def _tables(self) -> set[str]:
+        rows = self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        ).fetchall()
+        return {str(r[0]) for r in rows}
+
+    def _check_schema(self) -> None:
+        """Refuse what is not a gateway database at the version this code knows."""
+        tables = self._tables()
+        if "schema_version" not in tables:
+            raise StorageError(f"{self.path}: not a tcusim gateway database (no schema_version)")
+        current, latest = self.schema_version(), MIGRATIONS[-1].version
+        if current > latest:
+            raise StorageError(
+                f"{self.path}: schema version {current} is newer than this tcusim knows ({latest})"
+            )
+        if current < latest:
+            raise StorageError(
+                f"{self.path}: schema version {current} is older than this tcusim's ({latest});"
+                " tcusim gateway ingest migrates it"
+            )
+        missing = SCHEMA_TABLES - tables
+        if missing:
+            raise StorageError(
+                f"{self.path}: not a tcusim gateway database (no {', '.join(sorted(missing))})"
+            )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -488,6 +578,16 @@ class SqliteStore(Store):
                 raise StorageError(f"{self.path}: query failed: {exc}") from exc
 
     # -- schema ----------------------------------------------------------------------------
+
+    def _refuse_foreign(self) -> None:
+        """Refuse, before changing anything, a database that holds tables and no gateway schema."""
+        tables = self._tables()
+        foreign = tables - SCHEMA_TABLES
+        if foreign and "schema_version" not in tables:
+            raise StorageError(
+                f"{self.path}: not a tcusim gateway database (it holds the tables"
+                f" {', '.join(sorted(foreign))}); refusing to add the gateway's to it"
+            )
 
     def _migrate(self) -> None:
         conn = self._conn
@@ -533,6 +633,8 @@ class SqliteStore(Store):
         batch = list(messages)
         if not batch:
             return []
+        if self.read_only:
+            raise StorageError(f"{self.path}: opened read-only, cannot store messages")
         try:
             with self._write() as conn:
                 return [self._ingest_guarded(conn, m) for m in batch]
@@ -583,11 +685,15 @@ class SqliteStore(Store):
         if unknown:
             ids = ", ".join(map(str, unknown))
             return self._reject(conn, m, "unknown_signal", f"signal ids {ids}", uplink.seq)
+        forbidden = self._privacy_violation(uplink)
+        if forbidden:
+            return self._reject(conn, m, "privacy_violation", forbidden, uplink.seq)
         too_big = _out_of_int64(uplink)
         if too_big:
             return self._reject(conn, m, "out_of_range", too_big, uplink.seq)
         row = conn.execute(
-            "SELECT raw FROM payloads WHERE vin = ? AND seq = ?", (m.vin, uplink.seq)
+            "SELECT raw, boot, base_time_ms FROM payloads WHERE vin = ? AND seq = ?",
+            (m.vin, uplink.seq),
         ).fetchone()
         if row is not None:
             if bytes(row[0]) == bytes(m.payload):
@@ -597,15 +703,40 @@ class SqliteStore(Store):
                     (m.received_at_ms, m.vin),
                 )
                 return IngestResult(Outcome.DUPLICATE, m.vin, uplink.seq)
-            return self._reject(
-                conn,
-                m,
-                "seq_conflict",
-                f"sequence number {uplink.seq} already stored with other content",
-                uplink.seq,
-            )
+            return self._conflict(conn, m, uplink, int(row[1]), int(row[2]))
         n_samples = self._store_uplink(conn, m, uplink)
         return IngestResult(Outcome.ACCEPTED, m.vin, uplink.seq, n_samples=n_samples)
+
+    def _privacy_violation(self, uplink: Uplink) -> str:
+        """What the payload carries that its own privacy setting forbids ("" when nothing)."""
+        ids = {s.signal_id for s in uplink.series}
+        if uplink.privacy is Privacy.FULL and ids:
+            return f"privacy Full allows no data, the payload has {_ids(ids)}"
+        located = ids & self._position_signals
+        if uplink.privacy is Privacy.GEOLOCATION and located:
+            return f"privacy Geolocation allows no position, the payload has {_ids(located)}"
+        return ""
+
+    def _conflict(
+        self, conn: sqlite3.Connection, m: Message, uplink: Uplink, boot: int, base_time_ms: int
+    ) -> IngestResult:
+        """Reject a payload whose sequence number is stored with other bytes, saying why.
+
+        A box with its flash fixes an upload's bytes when it packs it and rewrites a queued
+        one only to strip series when the privacy tightens, keeping its boot and base time.
+        Another boot or base time for a stored sequence number therefore means the box's
+        counters restarted: its flash was wiped or replaced (``box_reset``).
+        """
+        seq = uplink.seq
+        if (uplink.boot, uplink.base_time_ms) == (boot, base_time_ms):
+            detail = f"sequence number {seq} already stored with other content"
+            return self._reject(conn, m, "seq_conflict", detail, seq)
+        detail = (
+            f"sequence number {seq} already stored from boot {boot} (base time"
+            f" {rfc3339(base_time_ms)}), this one is from boot {uplink.boot} (base time"
+            f" {rfc3339(uplink.base_time_ms)}): the box's flash was wiped or replaced"
+        )
+        return self._reject(conn, m, "box_reset", detail, seq)
 
     def _store_uplink(self, conn: sqlite3.Connection, m: Message, uplink: Uplink) -> int:
         vin, seq, base = uplink.vin, uplink.seq, uplink.base_time_ms
@@ -774,7 +905,10 @@ class SqliteStore(Store):
 
     _VEHICLE_COLUMNS = (
         "vin, first_seen_ms, last_seen_ms, presence, presence_at_ms, boot, max_seq,"
-        " evicted, duplicates"
+        " evicted, duplicates,"
+        " (SELECT COUNT(*) FROM rejected r WHERE r.vin = vehicles.vin AND r.reason = 'box_reset'),"
+        " (SELECT MIN(received_at_ms) FROM rejected r"
+        "  WHERE r.vin = vehicles.vin AND r.reason = 'box_reset')"
     )
 
     def vehicle(self, vin: str) -> Vehicle | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections import Counter
@@ -11,12 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from can_dbc.catalog import default_catalog
+from can_dbc.catalog import Scope, default_catalog
 from firmware_sim.errors import PayloadError
 from firmware_sim.payload import Privacy, Series, Trigger, Uplink, decode_uplink, encode_uplink
 from gateway.errors import StorageError
 from gateway.store import (
     MIGRATIONS,
+    SCHEMA_TABLES,
     Kind,
     Message,
     Outcome,
@@ -29,22 +31,29 @@ from gateway.store import (
 VINS = ("VF3ABCDEF12345678", "VR1XYZ00000000042", "ZFA31200000123456")
 CATALOG = default_catalog()
 SIGNALS = {s.id: s for s in CATALOG.signals}
+POSITION = frozenset(s.id for s in CATALOG.signals if s.scope is Scope.POSITION)
 BASE = 1_795_000_000_000  # 2026-11-18
 
 
 def uplink(
     vin: str = VINS[0],
     seq: int = 0,
-    series: tuple[Series, ...] = (),
+    series: tuple[Series, ...] | None = None,
     base: int = BASE,
+    privacy: Privacy = Privacy.NONE,
     **fields: object,
 ) -> bytes:
-    """The CBOR bytes of an uplink."""
-    if not series:
+    """The CBOR bytes of an uplink (one speed series unless ``series`` is given)."""
+    if series is None:
         series = (Series(1, -1, (0, 1000), (523, 530)),)
     return encode_uplink(
-        Uplink(vin, seq, base, Trigger.PERIODIC, Privacy.NONE, series, **fields)  # type: ignore[arg-type]
+        Uplink(vin, seq, base, Trigger.PERIODIC, privacy, series, **fields)  # type: ignore[arg-type]
     )
+
+
+def position(signal_id: int) -> Series:
+    """One sample of a position signal."""
+    return Series(signal_id, SIGNALS[signal_id].exp, (0,), (48_856_000,))
 
 
 # -- schema -----------------------------------------------------------------------------
@@ -111,6 +120,83 @@ def test_open_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         assert store.payload_count() == 0
     with pytest.raises(StorageError, match="unsupported"):
         open_store("postgresql://localhost/x")
+
+
+def test_a_foreign_database_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "flash.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER)")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    for read_only in (False, True):
+        with pytest.raises(StorageError, match="not a tcusim gateway database"):
+            SqliteStore(path, read_only=read_only)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flash.sqlite3"]
+
+
+def test_read_only_reads_and_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "g.sqlite3"
+    with SqliteStore(path) as store:
+        store.ingest(VINS[0], uplink(), BASE)
+    before = path.read_bytes()
+    with SqliteStore(path, read_only=True) as reader:
+        assert reader.payload_count() == 1
+        assert reader.status(VINS[0]) is not None
+        with pytest.raises(StorageError, match="read-only"):
+            reader.ingest(VINS[0], uplink(seq=1), BASE)
+    assert path.read_bytes() == before
+    with SqliteStore(path) as store:
+        assert store.payload_count() == 1
+
+
+def test_read_only_sees_a_running_writer(tmp_path: Path) -> None:
+    path = tmp_path / "g.sqlite3"
+    with SqliteStore(path) as writer, SqliteStore(path, read_only=True) as reader:
+        writer.ingest(VINS[0], uplink(), BASE)
+        assert reader.payload_count() == 1
+
+
+@pytest.mark.parametrize("target", ["none.sqlite3", "new/dir/g.sqlite3"])
+def test_read_only_never_creates_a_database(tmp_path: Path, target: str) -> None:
+    with pytest.raises(StorageError, match="no such database"):
+        open_store(f"sqlite:///{tmp_path}/{target}", read_only=True)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(StorageError, match="in-memory"):
+        open_store("sqlite://", read_only=True)
+
+
+def test_read_only_refuses_other_schema_versions(tmp_path: Path) -> None:
+    newer, empty, partial = (tmp_path / n for n in ("newer.db", "empty.db", "partial.db"))
+    SqliteStore(newer).close()
+    conn = sqlite3.connect(newer)
+    conn.execute("INSERT INTO schema_version VALUES (999, 'future', 0)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError, match="newer"):
+        SqliteStore(newer, read_only=True)
+    conn = sqlite3.connect(empty)
+    conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError, match="older"):
+        SqliteStore(empty, read_only=True)
+    SqliteStore(partial).close()
+    conn = sqlite3.connect(partial)
+    conn.execute("DROP TABLE last_state")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError, match="no last_state"):
+        SqliteStore(partial, read_only=True)
+    assert {"vehicles", "payloads", "samples", "rejected", "schema_version"} <= SCHEMA_TABLES
+
+
+def test_a_file_that_is_not_a_database_is_refused_read_only(tmp_path: Path) -> None:
+    path = tmp_path / "g.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StorageError, match="not a database"):
+        SqliteStore(path, read_only=True)
 
 
 # -- values -----------------------------------------------------------------------------
@@ -195,6 +281,52 @@ def test_same_seq_with_other_bytes_is_a_kept_seq_conflict() -> None:
         assert store.samples(VINS[0], 2) == []
 
 
+def test_the_catalogs_position_scope_is_the_location() -> None:
+    names = {SIGNALS[i].name for i in POSITION}
+    assert names and all(n.startswith("Vehicle.CurrentLocation.") for n in names)
+
+
+@pytest.mark.parametrize(
+    ("privacy", "series", "outcome"),
+    [
+        (Privacy.NONE, (Series(1, -1, (0,), (1,)), position(min(POSITION))), Outcome.ACCEPTED),
+        (Privacy.GEOLOCATION, (Series(1, -1, (0,), (1,)),), Outcome.ACCEPTED),
+        (Privacy.GEOLOCATION, (Series(1, -1, (0,), (1,)), position(max(POSITION))), None),
+        (Privacy.GEOLOCATION, tuple(position(i) for i in sorted(POSITION)), None),
+        (Privacy.FULL, (), Outcome.ACCEPTED),
+        (Privacy.FULL, (Series(1, -1, (0,), (1,)),), None),
+        (Privacy.FULL, (position(min(POSITION)),), None),
+    ],
+)
+def test_what_the_payloads_privacy_forbids_is_rejected(
+    privacy: Privacy, series: tuple[Series, ...], outcome: Outcome | None
+) -> None:
+    with SqliteStore(":memory:") as store:
+        raw = uplink(seq=4, series=series, privacy=privacy)
+        result = store.ingest(VINS[0], raw, 1)
+        if outcome is not None:
+            assert result.outcome is outcome
+            return
+        assert (result.outcome, result.reason, result.seq) == (
+            Outcome.REJECTED,
+            "privacy_violation",
+            4,
+        )
+        (kept,) = store.rejections()
+        assert (kept.reason, kept.raw) == ("privacy_violation", raw)
+        assert privacy.name.capitalize() in kept.detail
+        assert store.payload_count() == store.sample_count() == 0
+        assert store.vehicle(VINS[0]) is None
+
+
+def test_under_geolocation_each_position_signal_is_forbidden_alone() -> None:
+    with SqliteStore(":memory:") as store:
+        for seq, sid in enumerate(sorted(POSITION)):
+            raw = uplink(seq=seq, series=(position(sid),), privacy=Privacy.GEOLOCATION)
+            assert store.ingest(VINS[0], raw, 1).reason == "privacy_violation", sid
+        assert store.counters()["rejected.privacy_violation"] == len(POSITION)
+
+
 @pytest.mark.parametrize(
     ("raw", "topic_vin", "reason"),
     [
@@ -228,6 +360,63 @@ def test_rejections_are_kept_with_their_reason(raw: bytes, topic_vin: str, reaso
             "rejected": 1,
             f"rejected.{reason}": 1,
         }
+
+
+def test_a_wiped_box_reusing_sequence_numbers_is_a_box_reset() -> None:
+    later = BASE + 86_400_000
+    with SqliteStore(":memory:") as store:
+        # The old flash: seq 0-1 in boot 1, seq 2 in boot 2.
+        for seq, boot in ((0, 1), (1, 1), (2, 2)):
+            store.ingest(VINS[0], uplink(seq=seq, base=BASE + seq, boot=boot), 10 + seq)
+        # A wiped flash counts again from seq 0 in boot 1: other bytes, another base time.
+        wiped = [uplink(seq=seq, base=later + seq, boot=1) for seq in range(4)]
+        results = [store.ingest(VINS[0], raw, 100 + i) for i, raw in enumerate(wiped)]
+        assert [r.reason for r in results] == ["box_reset"] * 3 + [None]
+        assert results[-1].outcome is Outcome.ACCEPTED
+        assert "boot 2" in results[2].detail and "wiped or replaced" in results[2].detail
+        vehicle = store.vehicle(VINS[0])
+        assert vehicle is not None
+        assert (vehicle.reset_uploads, vehicle.reset_seen_ms) == (3, 100)
+        assert store.counters()["rejected.box_reset"] == 3
+        assert [r.raw for r in store.rejections()] == wiped[:3]
+        status = store.status(VINS[0])
+        assert status is not None
+        assert status["box_reset"] == {"uploads": 3, "first_seen": rfc3339(100)}
+        assert store.vehicle(VINS[1]) is None
+
+
+def test_a_rewrite_of_the_same_upload_is_a_seq_conflict_not_a_reset() -> None:
+    # The box strips a queued upload when the privacy tightens: same boot and base time.
+    with SqliteStore(":memory:") as store:
+        series = (Series(1, -1, (0,), (1,)), position(min(POSITION)))
+        store.ingest(VINS[0], uplink(seq=5, series=series, boot=3), 1)
+        stricter = uplink(seq=5, series=series[:1], boot=3, privacy=Privacy.GEOLOCATION)
+        assert store.ingest(VINS[0], stricter, 2).reason == "seq_conflict"
+        vehicle = store.vehicle(VINS[0])
+        assert vehicle is not None and vehicle.reset_uploads == 0
+        status = store.status(VINS[0])
+        assert status is not None and status["box_reset"] is None
+
+
+def test_gaps_are_shown_next_to_the_boxs_evictions() -> None:
+    with SqliteStore(":memory:") as store:
+        store.ingest(VINS[0], uplink(seq=0), 1)
+        store.ingest(VINS[0], uplink(seq=3, evicted=1), 2)
+        store.ingest(VINS[0], uplink(seq=6, evicted=2), 3)
+        store.ingest(VINS[0], uplink(seq=5, evicted=1), 4)  # late: the count stays the newest
+        status = store.status(VINS[0])
+        assert status is not None
+        assert status["evicted"] == 2
+        assert status["gaps"] == {
+            "count": 3,
+            "ranges": [[1, 2], [4, 4]],
+            "evicted_by_box": 2,
+            "unexplained": 1,
+        }
+        store.ingest(VINS[1], uplink(vin=VINS[1], seq=2, evicted=5), 5)
+        status = store.status(VINS[1])
+        assert status is not None
+        assert status["gaps"]["unexplained"] == 0  # never below zero
 
 
 def test_bad_topic_is_rejected() -> None:
@@ -284,7 +473,12 @@ def test_status_is_readable() -> None:
         assert status["presence"] == "online"
         assert status["payloads"] == 2
         assert status["rejected"] == 1
-        assert status["gaps"] == {"count": 1, "ranges": [[1, 1]]}
+        assert status["gaps"] == {
+            "count": 1,
+            "ranges": [[1, 1]],
+            "evicted_by_box": 0,
+            "unexplained": 1,
+        }
         assert status["last_seen"] == rfc3339(BASE + 3 - 1)
         speed = next(s for s in status["signals"] if s["id"] == 1)
         assert speed["name"] == SIGNALS[1].name
@@ -327,10 +521,18 @@ def series_st(draw: st.DrawFn, signal_id: int) -> Series:
 @st.composite
 def valid_op(draw: st.DrawFn) -> tuple[str, str, bytes]:
     vin = draw(st.sampled_from(VINS))
-    seq = draw(st.integers(0, 12))
-    ids = draw(st.lists(signal_ids, min_size=1, max_size=3, unique=True))
+    seq = draw(st.integers(0, 6))
+    ids = draw(st.lists(signal_ids, min_size=0, max_size=3, unique=True))
     series = tuple(draw(series_st(i)) for i in ids)
-    return ("valid", vin, uplink(vin=vin, seq=seq, series=series))
+    # Few sequence numbers, boots and base times: duplicates, conflicts and resets are common.
+    privacy = draw(st.sampled_from([Privacy.NONE, Privacy.NONE, Privacy.GEOLOCATION, Privacy.FULL]))
+    boot = draw(st.integers(1, 2))
+    base = BASE + draw(st.integers(0, 1))
+    return (
+        "valid",
+        vin,
+        uplink(vin=vin, seq=seq, series=series, base=base, privacy=privacy, boot=boot),
+    )
 
 
 @st.composite
@@ -353,9 +555,30 @@ def corrupt_op(draw: st.DrawFn) -> tuple[str, str, bytes]:
     return ("corrupt", vin, raw)
 
 
+# "repeat" redelivers an earlier message; "rewrite" sends an earlier upload's sequence number
+# with other series (same boot and base time, as the box's privacy rewrite does); "reset"
+# sends it from boot 1 a day later, as a box with a wiped flash does.
 operations = st.lists(
-    st.one_of(valid_op(), corrupt_op(), st.just(("repeat", "", b""))), min_size=1, max_size=25
+    st.one_of(
+        valid_op(),
+        corrupt_op(),
+        st.sampled_from([("repeat", "", b""), ("rewrite", "", b""), ("reset", "", b"")]),
+    ),
+    min_size=1,
+    max_size=25,
 )
+
+
+def reuse(kind: str, raw: bytes) -> bytes | None:
+    """An earlier upload's sequence number in another upload (``None`` if it does not decode)."""
+    try:
+        u = decode_uplink(raw)
+    except PayloadError:
+        return None
+    if kind == "rewrite":
+        series = u.series[:-1] if u.series else (Series(1, -1, (0,), (7,)),)
+        return encode_uplink(dataclasses.replace(u, series=series))
+    return encode_uplink(dataclasses.replace(u, boot=1, base_time_ms=u.base_time_ms + 86_400_000))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -363,17 +586,21 @@ operations = st.lists(
 def test_any_sequence_of_payloads_keeps_counts_consistent(
     ops: list[tuple[str, str, bytes]], batch_sizes: list[int]
 ) -> None:
-    # Resolve "repeat" into a copy of an earlier message (a redelivery).
+    # Resolve "repeat", "rewrite" and "reset" against an earlier message.
     messages: list[tuple[str, bytes]] = []
     for kind, vin, raw in ops:
-        if kind == "repeat":
+        if kind in ("repeat", "rewrite", "reset"):
             if messages:
-                messages.append(messages[len(messages) // 2])
+                earlier_vin, earlier = messages[len(messages) // 2]
+                other = earlier if kind == "repeat" else reuse(kind, earlier)
+                if other is not None:
+                    messages.append((earlier_vin, other))
             continue
         messages.append((vin, raw))
 
     # The model: what the store must end up with, derived independently.
-    stored: dict[tuple[str, int], bytes] = {}
+    stored: dict[tuple[str, int], Uplink] = {}
+    raws: dict[tuple[str, int], bytes] = {}
     expected_samples: Counter[tuple[str, int, int, object]] = Counter()
     expected_reasons: Counter[str] = Counter()
     duplicates = 0
@@ -390,20 +617,27 @@ def test_any_sequence_of_payloads_keeps_counts_consistent(
             + [u.base_time_ms + t for s in u.series for t in s.times]
             + [abs(sample_value(m, s.exp)) for s in u.series for m in s.mantissas if s.exp > 0]
         )
+        ids = {s.signal_id for s in u.series}
         if u.vin != vin:
             reason = "vin_mismatch"
-        elif any(s.signal_id not in SIGNALS for s in u.series):
+        elif not ids <= set(SIGNALS):
             reason = "unknown_signal"
+        elif (u.privacy is Privacy.FULL and ids) or (
+            u.privacy is Privacy.GEOLOCATION and ids & POSITION
+        ):
+            reason = "privacy_violation"
         elif biggest > 2**63 - 1:
             reason = "out_of_range"
         elif (vin, u.seq) in stored:
-            reason = "" if stored[(vin, u.seq)] == raw else "seq_conflict"
-            if not reason:
+            first = stored[(vin, u.seq)]
+            if raws[(vin, u.seq)] == raw:
                 duplicates += 1
                 outcomes.append(Outcome.DUPLICATE)
                 continue
+            same_run = (first.boot, first.base_time_ms) == (u.boot, u.base_time_ms)
+            reason = "seq_conflict" if same_run else "box_reset"
         else:
-            stored[(vin, u.seq)] = raw
+            stored[(vin, u.seq)], raws[(vin, u.seq)] = u, raw
             for s in u.series:
                 for t, m in zip(s.times, s.mantissas, strict=True):
                     expected_samples[
@@ -436,6 +670,10 @@ def test_any_sequence_of_payloads_keeps_counts_consistent(
         assert counters["rejected"] == sum(expected_reasons.values())
         for reason, n in expected_reasons.items():
             assert counters[f"rejected.{reason}"] == n
+        for vin in VINS:
+            vehicle = store.vehicle(vin)
+            resets = sum(1 for r in store.rejections(vin) if r.reason == "box_reset")
+            assert (vehicle.reset_uploads if vehicle else 0) == resets
         assert counters["accepted"] + counters["duplicates"] + counters["rejected"] == len(messages)
 
         rejections = store.rejections()
