@@ -5,6 +5,7 @@
     GatewayError
      +-- StorageError     the database cannot be opened, migrated or written
      +-- BrokerError      a broker cannot be started, reached or subscribed to
+     +-- OptionError      an option of the gateway is out of range (also a ValueError)
 """
 
 from __future__ import annotations
@@ -20,3 +21,7 @@ class StorageError(GatewayError):
 
 class BrokerError(GatewayError):
     """A broker cannot be started, reached or subscribed to."""
+
+
+class OptionError(GatewayError, ValueError):
+    """An option of the gateway is out of range."""

@@ -5,6 +5,12 @@
 it is away; subscribes with QoS 1; stores what it receives in batches (one transaction per
 batch); and reconnects with backoff when the broker goes away.
 
+The broker URL is the box's (:func:`firmware_sim.config.parse_broker_url`):
+``mqtt://[user[:password]@]host[:port]``, ``mqtts://`` for TLS with the system's CAs or
+``tls_ca``, and a client certificate with ``tls_cert`` and ``tls_key``. The password appears
+in no log, error message or ``repr``. A broker that refuses the login is retried with backoff
+and its reason kept in :attr:`GatewayStats.refused` and ``last_error``.
+
 Acknowledgements are manual: the PUBACK of a message is sent only after the transaction
 holding it has committed. A crash between reception and commit therefore loses nothing: the
 broker, never having had the PUBACK, sends the message again to the session, and the store
@@ -21,6 +27,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
+import re
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -28,12 +37,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiomqtt
 from aiomqtt.client import MessagesIterator
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.errors import BrokerError, StorageError
+from firmware_sim.config import BrokerUrl, parse_broker_url
+from firmware_sim.errors import ConfigError
+from gateway.errors import BrokerError, OptionError, StorageError
 from gateway.store import IngestResult, Kind, Message, Outcome, Store, open_store
 
 __all__ = [
@@ -43,9 +55,10 @@ __all__ = [
     "Gateway",
     "GatewayStats",
     "GatewayThread",
+    "broker_url",
     "classify_topic",
-    "parse_broker_url",
     "presence_topic",
+    "tls_context",
     "uplink_topic",
 ]
 
@@ -80,17 +93,44 @@ def classify_topic(topic: str) -> tuple[str | None, Kind]:
     return vin, Kind.UNKNOWN
 
 
-def parse_broker_url(url: str) -> tuple[str, int]:
-    """``(host, port)`` of ``mqtt://host:port`` (also ``tcp://``, or a bare ``host[:port]``)."""
-    text = url if "://" in url else f"mqtt://{url}"
-    parts = urlsplit(text)
-    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-        raise BrokerError(f"bad broker URL {url!r}: expected mqtt://HOST[:PORT]")
+_PASSWORD_IN_URL = re.compile(r"(://[^/@:]*):[^/@]*@")
+
+
+def broker_url(url: str | BrokerUrl) -> BrokerUrl:
+    """The parsed broker URL; :class:`BrokerError` (which never shows the password) if bad."""
+    if isinstance(url, BrokerUrl):
+        return url
     try:
-        port = parts.port or 1883
-    except ValueError as exc:
-        raise BrokerError(f"bad broker URL {url!r}: {exc}") from None
-    return parts.hostname, port
+        return parse_broker_url(url)
+    except ConfigError as exc:
+        shown = _PASSWORD_IN_URL.sub(r"\1:***@", url)
+        raise BrokerError(str(exc).replace(url, shown)) from None
+
+
+def tls_context(
+    broker: BrokerUrl,
+    ca_file: str | Path | None = None,
+    cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
+) -> ssl.SSLContext | None:
+    """The TLS context for ``mqtts://`` (``None`` for ``mqtt://``), checked once, up front.
+
+    The server's certificate and host name are verified against ``ca_file`` (the system's
+    CAs when not given); ``cert_file`` and ``key_file`` are a client certificate.
+    """
+    if not broker.tls:
+        if ca_file or cert_file or key_file:
+            raise OptionError(f"TLS files given for {broker}: TLS needs an mqtts:// broker URL")
+        return None
+    if (cert_file is None) != (key_file is None):
+        raise OptionError("a client certificate and its key go together")
+    try:
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        if cert_file is not None and key_file is not None:
+            context.load_cert_chain(str(cert_file), str(key_file))
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise BrokerError(f"TLS set-up for {broker} failed: {exc}") from None
+    return context
 
 
 @dataclass
@@ -109,10 +149,14 @@ class GatewayStats:
     queue_depth: int = 0
     max_queue_depth: int = 0
     connects: int = 0
+    connect_failures: int = 0  # connection attempts that failed, refusals among them
+    refusals: int = 0  # CONNACKs that refused the gateway (bad credentials, not authorised)
     connection_losses: int = 0
     store_errors: int = 0
     connected: bool = False
+    subscribed: bool = False
     manual_ack: bool = False
+    refused: str = ""  # the broker's reason for the last refusal, until a connection succeeds
     last_error: str = ""
 
     def copy(self) -> GatewayStats:
@@ -153,26 +197,41 @@ class Gateway:
 
     ``batch_size`` caps a transaction; after the first message of a batch the gateway waits
     at most ``batch_wait`` seconds for more. Bad input never stops it: a message that does not
-    decode, or arrives on an unexpected topic, becomes a kept rejection.
+    decode, or arrives on an unexpected topic, becomes a kept rejection. ``on_commit`` is
+    called after each stored batch, ``on_connection`` after each connection attempt.
     """
 
     def __init__(
         self,
         store: Store,
-        broker_url: str,
+        broker: str | BrokerUrl,
         *,
         client_id: str = CLIENT_ID,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
         batch_size: int = 256,
         batch_wait: float = 0.005,
         keepalive: int = 30,
         reconnect_min: float = 0.05,
         reconnect_max: float = 5.0,
         on_commit: Callable[[list[IngestResult]], None] | None = None,
+        on_connection: Callable[[], None] | None = None,
     ) -> None:
         if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+            raise OptionError(f"batch_size must be at least 1, not {batch_size}")
+        if not (math.isfinite(batch_wait) and batch_wait >= 0):
+            raise OptionError(
+                f"batch_wait must be a finite number of seconds >= 0, not {batch_wait}"
+            )
+        if keepalive < 1:
+            raise OptionError(f"keepalive must be at least 1 s, not {keepalive}")
+        if not 0 < reconnect_min <= reconnect_max:
+            raise OptionError("reconnect delays must satisfy 0 < reconnect_min <= reconnect_max")
         self.store = store
-        self.host, self.port = parse_broker_url(broker_url)
+        self.broker = broker_url(broker)
+        self.host, self.port = self.broker.host, self.broker.port
+        self._tls = tls_context(self.broker, tls_ca, tls_cert, tls_key)
         self.client_id = client_id
         self.batch_size = batch_size
         self.batch_wait = batch_wait
@@ -180,9 +239,17 @@ class Gateway:
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
         self.on_commit = on_commit
+        self.on_connection = on_connection
         self.stats = GatewayStats()
         self._stopping: asyncio.Event | None = None
         self._subscribed: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"<Gateway {self.broker} client_id={self.client_id!r}>"
+
+    def _connection_event(self) -> None:
+        if self.on_connection is not None:
+            self.on_connection()
 
     def _events(self) -> tuple[asyncio.Event, asyncio.Event]:
         if self._stopping is None or self._subscribed is None:
@@ -205,14 +272,24 @@ class Gateway:
             try:
                 await self._session(stopping, subscribed)
                 delay = self.reconnect_min
+            except MqttConnectError as exc:
+                reason = str(exc.rc) if isinstance(exc.rc, ReasonCode) else str(exc)
+                self.stats.connect_failures += 1
+                self.stats.refusals += 1
+                self.stats.refused = reason
+                self.stats.last_error = f"broker {self.broker} refused the connection: {reason}"
+                log.warning("%s; trying again in %.2f s", self.stats.last_error, delay)
             except (aiomqtt.MqttError, BrokerError) as exc:
                 if self.stats.connected:
                     self.stats.connection_losses += 1
-                self.stats.last_error = f"broker {self.host}:{self.port}: {exc}"
+                else:
+                    self.stats.connect_failures += 1
+                self.stats.last_error = f"broker {self.broker}: {exc}"
                 log.warning("%s; reconnecting in %.2f s", self.stats.last_error, delay)
             finally:
-                self.stats.connected = False
+                self.stats.connected = self.stats.subscribed = False
                 subscribed.clear()
+            self._connection_event()
             if stopping.is_set():
                 break
             with contextlib.suppress(TimeoutError):
@@ -223,10 +300,13 @@ class Gateway:
         client = aiomqtt.Client(
             self.host,
             self.port,
+            username=self.broker.username,
+            password=self.broker.password,
             identifier=self.client_id,
             clean_session=False,
             keepalive=self.keepalive,
             protocol=aiomqtt.ProtocolVersion.V311,
+            tls_context=self._tls,
         )
         self.stats.manual_ack = _enable_manual_ack(client)
         if not self.stats.manual_ack:
@@ -234,6 +314,7 @@ class Gateway:
         async with client:
             self.stats.connects += 1
             self.stats.connected = True
+            self.stats.refused = ""
             # Consume from the start: a broker may send the session's queued messages before
             # it answers SUBSCRIBE, and amqtt waits for their PUBACKs before it does.
             consumer = asyncio.ensure_future(self._consume(client, stopping))
@@ -251,7 +332,9 @@ class Gateway:
                     if value not in (1, 2):
                         raise BrokerError(f"subscription not granted with QoS 1 (code {value})")
                 subscribed.set()
+                self.stats.subscribed = True
                 log.info("subscribed to %s and %s", UPLINK_FILTER, PRESENCE_FILTER)
+                self._connection_event()
                 await consumer
             finally:
                 if not consumer.done():
@@ -349,24 +432,30 @@ class Gateway:
 class GatewayThread:
     """A :class:`Gateway` in a background thread with its own event loop.
 
-    ``db`` is a path or a ``sqlite://`` URL. ``wait_until(predicate, timeout)`` evaluates
-    ``predicate(store)`` against a reader of the database after each commit until it holds.
+    ``db`` is a path or a ``sqlite://`` URL; ``gateway_options`` go to :class:`Gateway`.
+    ``wait_until(predicate, timeout)`` evaluates ``predicate(store)`` against a reader of the
+    database after each commit until it holds; ``wait_stats`` does the same with the counters
+    after each commit and connection attempt.
     """
 
-    def __init__(self, db: str | Path, broker_url: str, **gateway_options: Any) -> None:
+    def __init__(self, db: str | Path, broker: str | BrokerUrl, **gateway_options: Any) -> None:
         self.db = str(db)
-        self.broker_url = broker_url
+        self.broker = broker_url(broker)
+        self.broker_url = str(self.broker)  # without credentials
         self._options = gateway_options
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._gateway: Gateway | None = None
         self._writer: Store | None = None
-        self._started = threading.Event()
         self._error: BaseException | None = None
-        self._commits = 0
+        self._changes = 0
         self._changed = threading.Condition()
         self._readers = threading.local()
         self._reader_stores: list[Store] = []
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<GatewayThread {state} {self.broker} db={self.db}>"
 
     @property
     def client_id(self) -> str:
@@ -384,55 +473,65 @@ class GatewayThread:
         gateway = self._gateway
         return gateway.stats.copy() if gateway is not None else GatewayStats()
 
-    def _on_commit(self, results: list[IngestResult]) -> None:
+    def _notify(self, *_results: object) -> None:
         with self._changed:
-            self._commits += 1
+            self._changes += 1
             self._changed.notify_all()
 
-    async def _main(self) -> None:
-        assert self._writer is not None
-        gateway = Gateway(self._writer, self.broker_url, on_commit=self._on_commit, **self._options)
-        self._gateway = gateway
-        runner = asyncio.ensure_future(gateway.run())
-        subscribed = asyncio.ensure_future(gateway.wait_subscribed())
-        await asyncio.wait({runner, subscribed}, return_when=asyncio.FIRST_COMPLETED)
-        self._started.set()
-        subscribed.cancel()
-        await runner
-
-    def _run(self) -> None:
+    def _run(self, gateway: Gateway) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
         try:
-            loop.run_until_complete(self._main())
+            loop.run_until_complete(gateway.run())
         except BaseException as exc:
             self._error = exc
             log.exception("the gateway stopped on an error")
         finally:
-            self._started.set()
             loop.close()
-            with self._changed:
-                self._changed.notify_all()
+            self._notify()
 
     def start(self, connect_timeout: float | None = 10.0) -> None:
-        """Start; wait (bounded) until subscribed unless ``connect_timeout`` is ``None``."""
+        """Start; wait (bounded) until subscribed unless ``connect_timeout`` is ``None``.
+
+        Raises :class:`BrokerError` when the gateway did not subscribe in time or the broker
+        refused it (bad credentials), and stops it then.
+        """
         if self.running:
             return
-        self._writer = open_store(self.db)
-        self._started.clear()
-        self._error = None
-        self._thread = threading.Thread(target=self._run, name="tcusim-gateway", daemon=True)
+        writer = open_store(self.db)
+        try:
+            gateway = Gateway(
+                writer,
+                self.broker,
+                on_commit=self._notify,
+                on_connection=self._notify,
+                **self._options,
+            )
+        except BaseException:
+            writer.close()
+            raise
+        self._writer, self._gateway, self._error = writer, gateway, None
+        self._thread = threading.Thread(
+            target=self._run, args=(gateway,), name="tcusim-gateway", daemon=True
+        )
         self._thread.start()
         if connect_timeout is None:
             return
-        if not self._started.wait(connect_timeout) or self._error is not None:
-            error = self._error
-            last = self.stats.last_error
-            self.stop()
-            raise BrokerError(
-                f"the gateway did not subscribe to {self.broker_url} within "
-                f"{connect_timeout:g} s: {error or last or 'no connection'}"
-            )
+        stats = gateway.stats
+        settled = self._wait(
+            lambda: stats.subscribed or stats.refusals > 0 or not self.running, connect_timeout
+        )
+        if settled and stats.subscribed:
+            return
+        error = self._error
+        last = stats.last_error
+        self.stop()
+        if stats.refusals:
+            raise BrokerError(f"the broker {self.broker_url} refused the gateway: {stats.refused}")
+        raise BrokerError(
+            f"the gateway did not subscribe to {self.broker_url} within "
+            f"{connect_timeout:g} s: {error or last or 'no connection'}"
+        )
 
     def stop(self, timeout: float = 15.0) -> None:
         """Store and acknowledge what has arrived, disconnect, and join the thread."""
@@ -469,16 +568,15 @@ class GatewayThread:
         return store
 
     def _changed_since(self, seen: int) -> bool:
-        return self._commits != seen or not self.running
+        return self._changes != seen or not self.running
 
-    def wait_until(self, predicate: Callable[[Store], bool], timeout: float = 10.0) -> bool:
-        """Whether ``predicate(store)`` held within ``timeout`` s (checked after each commit)."""
-        store = self.reader()
+    def _wait(self, condition: Callable[[], bool], timeout: float) -> bool:
+        """Whether ``condition()`` held within ``timeout`` s (checked after each change)."""
         deadline = time.monotonic() + timeout
         while True:
             with self._changed:
-                seen = self._commits
-            if predicate(store):
+                seen = self._changes
+            if condition():
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -486,7 +584,16 @@ class GatewayThread:
             with self._changed:
                 self._changed.wait_for(partial(self._changed_since, seen), remaining)
             if not self.running:
-                return bool(predicate(store))
+                return condition()
+
+    def wait_until(self, predicate: Callable[[Store], bool], timeout: float = 10.0) -> bool:
+        """Whether ``predicate(store)`` held within ``timeout`` s (checked after each commit)."""
+        store = self.reader()
+        return self._wait(lambda: bool(predicate(store)), timeout)
+
+    def wait_stats(self, predicate: Callable[[GatewayStats], bool], timeout: float = 10.0) -> bool:
+        """Whether ``predicate(stats)`` held within ``timeout`` s (checked after each change)."""
+        return self._wait(lambda: bool(predicate(self.stats)), timeout)
 
     def __enter__(self) -> GatewayThread:
         self.start()

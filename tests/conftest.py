@@ -3,21 +3,34 @@
 ``broker`` is one Mosquitto for the whole test session (the embedded amqtt broker only where
 no ``mosquitto`` binary exists); ``fresh_broker`` is one per test, for tests that stop or
 restart it. Tests sharing ``broker`` keep apart by using their own VINs and client ids.
+
+``tls_files`` makes a CA, a server certificate for 127.0.0.1 and a Mosquitto password file
+(with ``openssl`` and ``mosquitto_passwd``); ``tls_broker`` is a Mosquitto with a TLS-only
+listener that refuses anonymous clients. Both are skipped where the tools are missing.
 """
 
 from __future__ import annotations
 
 import itertools
 import queue
+import shutil
+import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.broker import EmbeddedBroker, MosquittoBroker, start_test_broker
+from gateway.broker import (
+    EmbeddedBroker,
+    MosquittoBroker,
+    MosquittoSettings,
+    find_mosquitto,
+    start_test_broker,
+)
 from gateway.store import SqliteStore
 
 AnyBroker = MosquittoBroker | EmbeddedBroker
@@ -55,6 +68,82 @@ def tmp_db(tmp_path: Path) -> Iterator[SqliteStore]:
         store.close()
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A test CA, a server certificate and key it signed, and a password file of ``users``."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    password_file: Path
+    users: Mapping[str, str]
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    """Run ``openssl ARGS`` in ``cwd``; fail the test on an error."""
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(d: Path, name: str = "ca", subject: str = "/CN=tcusim test CA") -> Path:
+    """A self-signed CA certificate ``d/NAME.pem`` (key ``d/NAME.key``), valid two days."""
+    openssl(
+        *("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", subject),
+        *("-keyout", f"{name}.key", "-out", f"{name}.pem"),
+        cwd=d,
+    )
+    return d / f"{name}.pem"
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A CA, a server certificate for 127.0.0.1 and a password file (box, gateway)."""
+    if shutil.which("openssl") is None or shutil.which("mosquitto_passwd") is None:
+        pytest.skip("needs openssl and mosquitto_passwd")
+    d = tmp_path_factory.mktemp("tls")
+    ca = make_ca(d)
+    openssl(
+        *("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1"),
+        *("-keyout", "server.key", "-out", "server.csr"),
+        cwd=d,
+    )
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        *("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key"),
+        *("-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem"),
+        cwd=d,
+    )
+    users = {"box": "s3cret", "gateway": "gw-s3cret"}
+    passwd = d / "passwd"
+    for i, (user, password) in enumerate(users.items()):
+        create = ["-c"] if i == 0 else []
+        subprocess.run(
+            ["mosquitto_passwd", "-b", *create, str(passwd), user, password],
+            check=True,
+            capture_output=True,
+        )
+    return TlsFiles(ca, d / "server.pem", d / "server.key", passwd, users)
+
+
+@pytest.fixture(scope="session")
+def tls_broker(
+    tls_files: TlsFiles, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MosquittoBroker]:
+    """A Mosquitto speaking TLS only, with the password file of :func:`tls_files`."""
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto is not installed")
+    settings = MosquittoSettings(
+        certfile=str(tls_files.server_cert),
+        keyfile=str(tls_files.server_key),
+        password_file=str(tls_files.password_file),
+    )
+    started = MosquittoBroker(data_dir=tmp_path_factory.mktemp("tls-broker"), settings=settings)
+    started.start()
+    try:
+        yield started
+    finally:
+        started.close()
+
+
 _ids = itertools.count()
 
 
@@ -79,6 +168,9 @@ class PahoClient:
         *,
         clean_session: bool = True,
         will: tuple[str, bytes, int, bool] | None = None,
+        tls_ca: Path | None = None,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.broker = broker
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
@@ -92,6 +184,10 @@ class PahoClient:
         if will is not None:
             topic, payload, qos, retain = will
             self.paho.will_set(topic, payload, qos, retain)
+        if tls_ca is not None:
+            self.paho.tls_set(ca_certs=str(tls_ca))
+        if username is not None:
+            self.paho.username_pw_set(username, password)
         self.paho.on_connect = self._on_connect
         self.paho.on_disconnect = self._on_disconnect
         self.paho.on_message = lambda _c, _u, m: self.messages.put(m)

@@ -6,8 +6,10 @@ import argparse
 import contextlib
 import itertools
 import json
+import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -15,15 +17,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import PahoClient, TlsFiles, make_ca
 
 from firmware_sim.cli import gateway as cli_gateway
+from firmware_sim.config import BrokerUrl
 from firmware_sim.payload import Privacy, Series, Trigger, Uplink, encode_uplink
 from gateway.broker import EmbeddedBroker, MosquittoBroker, free_port
-from gateway.errors import BrokerError
+from gateway.errors import BrokerError, OptionError
 from gateway.ingest import (
+    Gateway,
     GatewayThread,
+    broker_url,
     classify_topic,
-    parse_broker_url,
     presence_topic,
     uplink_topic,
 )
@@ -62,16 +67,18 @@ def new_vin() -> str:
     return f"VF3TEST{os.getpid() % 1000:03d}{next(_vins):07d}"
 
 
-def payload(vin: str, seq: int, speed: int = 500) -> bytes:
+def payload(vin: str, seq: int, speed: int = 500, *, boot: int = 0, evicted: int = 0) -> bytes:
+    """An upload with a speed and an engine speed series, one minute per sequence number."""
     series = (Series(1, -1, (0, 1000), (speed, speed + 1)), Series(2, 0, (0,), (800 + seq,)))
+    base = BASE + seq * 60_000 + boot * 86_400_000
     return encode_uplink(
-        Uplink(vin, seq, BASE + seq * 60_000, Trigger.PERIODIC, Privacy.NONE, series)
+        Uplink(vin, seq, base, Trigger.PERIODIC, Privacy.NONE, series, boot, evicted)
     )
 
 
 @pytest.fixture
 def gateways(
-    tmp_path: Path, unique_id: Callable[[str], str], mqtt_client: Callable[..., object]
+    tmp_path: Path, unique_id: Callable[[str], str], mqtt_client: Callable[..., PahoClient]
 ) -> Iterator[Callable[..., GatewayThread]]:
     """Start gateways on a test database; stop them and end their broker sessions after."""
     made: list[tuple[GatewayThread, AnyBroker, str]] = []
@@ -96,7 +103,7 @@ def gateways(
 def test_every_payload_is_stored_exactly_once(
     broker: AnyBroker,
     gateways: Callable[..., GatewayThread],
-    mqtt_client: Callable[..., object],
+    mqtt_client: Callable[..., PahoClient],
     unique_id: Callable[[str], str],
 ) -> None:
     gw = gateways(broker)
@@ -122,7 +129,7 @@ def test_every_payload_is_stored_exactly_once(
 def test_duplicates_are_counted_once_stored(
     broker: AnyBroker,
     gateways: Callable[..., GatewayThread],
-    mqtt_client: Callable[..., object],
+    mqtt_client: Callable[..., PahoClient],
     unique_id: Callable[[str], str],
 ) -> None:
     gw = gateways(broker)
@@ -141,7 +148,7 @@ def test_duplicates_are_counted_once_stored(
 def test_garbage_is_kept_as_rejections_and_ingest_goes_on(
     broker: AnyBroker,
     gateways: Callable[..., GatewayThread],
-    mqtt_client: Callable[..., object],
+    mqtt_client: Callable[..., PahoClient],
     unique_id: Callable[[str], str],
 ) -> None:
     gw = gateways(broker)
@@ -168,7 +175,7 @@ def test_garbage_is_kept_as_rejections_and_ingest_goes_on(
 def test_presence_and_last_will(
     broker: AnyBroker,
     gateways: Callable[..., GatewayThread],
-    mqtt_client: Callable[..., object],
+    mqtt_client: Callable[..., PahoClient],
     unique_id: Callable[[str], str],
 ) -> None:
     gw = gateways(broker)
@@ -196,7 +203,7 @@ def test_presence_and_last_will(
 def test_seq_gap_is_reported(
     broker: AnyBroker,
     gateways: Callable[..., GatewayThread],
-    mqtt_client: Callable[..., object],
+    mqtt_client: Callable[..., PahoClient],
     unique_id: Callable[[str], str],
 ) -> None:
     gw = gateways(broker)
@@ -210,7 +217,7 @@ def test_seq_gap_is_reported(
 def test_gateway_stopped_while_a_box_publishes_loses_nothing(
     broker: AnyBroker,
     gateways: Callable[..., GatewayThread],
-    mqtt_client: Callable[..., object],
+    mqtt_client: Callable[..., PahoClient],
     unique_id: Callable[[str], str],
 ) -> None:
     if isinstance(broker, EmbeddedBroker):
@@ -241,8 +248,8 @@ def test_gateway_stopped_while_a_box_publishes_loses_nothing(
         publishing.join(WAIT)
     assert not publishing.is_alive()
     n = published[0]
-    with SqliteStore(gw.db) as store:
-        assert store.payload_count(vin) <= n - 200
+    with SqliteStore(gw.db) as stopped:
+        assert stopped.payload_count(vin) <= n - 200
     again = gateways(broker)
     assert again.wait_until(lambda s: s.payload_count(vin) == n, WAIT), again.stats
     store = again.reader()
@@ -254,7 +261,7 @@ def test_gateway_stopped_while_a_box_publishes_loses_nothing(
 def test_broker_restart_loses_nothing(
     fresh_broker: AnyBroker,
     gateways: Callable[..., GatewayThread],
-    mqtt_client: Callable[..., object],
+    mqtt_client: Callable[..., PahoClient],
     unique_id: Callable[[str], str],
 ) -> None:
     if not isinstance(fresh_broker, MosquittoBroker):
@@ -284,7 +291,7 @@ def test_a_gateway_killed_before_its_commit_gets_the_messages_again(
     fresh_broker: AnyBroker,
     tmp_path: Path,
     gateways: Callable[..., GatewayThread],
-    mqtt_client: Callable[..., object],
+    mqtt_client: Callable[..., PahoClient],
     unique_id: Callable[[str], str],
 ) -> None:
     if isinstance(fresh_broker, EmbeddedBroker):
@@ -358,12 +365,138 @@ def test_topics() -> None:
 
 
 def test_broker_urls() -> None:
-    assert parse_broker_url("mqtt://127.0.0.1:1999") == ("127.0.0.1", 1999)
-    assert parse_broker_url("localhost") == ("localhost", 1883)
-    with pytest.raises(BrokerError):
-        parse_broker_url("http://x:1")
-    with pytest.raises(BrokerError):
-        parse_broker_url("mqtt://x:99999")
+    assert broker_url("mqtt://127.0.0.1:1999") == BrokerUrl("127.0.0.1", 1999, False)
+    url = broker_url("mqtts://gw:pa55@broker.example")
+    assert (url.host, url.port, url.tls, url.username, url.password) == (
+        "broker.example",
+        8883,
+        True,
+        "gw",
+        "pa55",
+    )
+    assert broker_url(url) is url
+    for bad in ("http://x:1", "mqtt://x:99999", "localhost", "mqtt://u:hunter2@x:99999"):
+        with pytest.raises(BrokerError) as caught:
+            broker_url(bad)
+        assert "hunter2" not in str(caught.value)
+
+
+def test_tls_options_are_checked_before_connecting(tmp_path: Path) -> None:
+    store = SqliteStore(":memory:")
+    with pytest.raises(OptionError, match="mqtts://"):
+        Gateway(store, "mqtt://127.0.0.1:1", tls_ca=tmp_path / "ca.pem")
+    with pytest.raises(BrokerError, match="TLS set-up"):
+        Gateway(store, "mqtts://127.0.0.1:1", tls_ca=tmp_path / "missing.pem")
+    with pytest.raises(OptionError, match="go together"):
+        Gateway(store, "mqtts://127.0.0.1:1", tls_cert=tmp_path / "c.pem")
+    with pytest.raises(OptionError, match="batch_size"):
+        Gateway(store, "mqtt://127.0.0.1:1", batch_size=0)
+    with pytest.raises(OptionError, match="batch_wait"):
+        Gateway(store, "mqtt://127.0.0.1:1", batch_wait=float("nan"))
+    with pytest.raises(BrokerError, match="TLS set-up"):
+        GatewayThread(tmp_path / "g.sqlite3", "mqtts://127.0.0.1:1", tls_ca="missing").start()
+    store.close()
+
+
+def test_secrets_stay_out_of_reprs() -> None:
+    gw = GatewayThread(":memory:", "mqtts://gw:hunter2@127.0.0.1:8883")
+    assert gw.broker_url == "mqtts://127.0.0.1:8883"
+    assert gw.broker.password == "hunter2"
+    with SqliteStore(":memory:") as store:
+        gateway = Gateway(store, gw.broker)
+        shown = " ".join([repr(gw), str(gw), repr(gateway), repr(gateway.broker), str(gw.broker)])
+    assert "hunter2" not in shown
+    assert "127.0.0.1" in shown
+
+
+# -- TLS and credentials, against a Mosquitto with a TLS listener and a password file ------
+
+
+def tls_url(broker: MosquittoBroker, user: str, password: str) -> str:
+    """The broker's ``mqtts://`` URL with credentials."""
+    return broker.url.replace("mqtts://", f"mqtts://{user}:{password}@")
+
+
+def test_the_gateway_ingests_over_tls_with_credentials(
+    tls_broker: MosquittoBroker,
+    tls_files: TlsFiles,
+    mqtt_client: Callable[..., PahoClient],
+    unique_id: Callable[[str], str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = tls_files.users["gateway"]
+    vin = new_vin()
+    gw = GatewayThread(
+        ":memory:",
+        tls_url(tls_broker, "gateway", secret),
+        tls_ca=tls_files.ca,
+        client_id=unique_id("gw"),
+    )
+    with gw:
+        box = mqtt_client(
+            tls_broker,
+            unique_id("box"),
+            tls_ca=tls_files.ca,
+            username="box",
+            password=tls_files.users["box"],
+        ).connect()
+        box.publish_many([(uplink_topic(vin), payload(vin, seq)) for seq in range(5)])
+        assert gw.wait_until(lambda s: s.payload_count(vin) == 5, WAIT), gw.stats
+        stats = gw.stats
+        assert stats.connected and stats.refusals == 0 and stats.manual_ack
+        assert secret not in repr(gw) + repr(stats)
+    assert "subscribed to" in caplog.text  # the gateway's own debug log was captured
+    assert secret not in caplog.text
+
+
+def test_a_wrong_password_is_a_clear_refusal_not_a_crash(
+    tls_broker: MosquittoBroker,
+    tls_files: TlsFiles,
+    tmp_path: Path,
+    unique_id: Callable[[str], str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = tls_url(tls_broker, "gateway", "wrong-pa55")
+    options = {"tls_ca": tls_files.ca, "client_id": unique_id("gw"), "reconnect_max": 0.2}
+    gw = GatewayThread(tmp_path / "g.sqlite3", url, **options)
+    with pytest.raises(BrokerError, match="refused the gateway: Not authorized") as caught:
+        gw.start(connect_timeout=WAIT)
+    assert not gw.running
+    assert "wrong-pa55" not in str(caught.value)
+    # Left running, it keeps trying with backoff and says why it is not connected.
+    gw = GatewayThread(tmp_path / "g.sqlite3", url, **options)
+    gw.start(connect_timeout=None)
+    try:
+        assert gw.wait_stats(lambda s: s.refusals >= 2, WAIT), gw.stats
+        assert gw.running
+        stats = gw.stats
+        assert not stats.connected and stats.connects == 0
+        assert stats.refused == "Not authorized"
+        assert "refused the connection: Not authorized" in stats.last_error
+    finally:
+        gw.stop()
+    assert "wrong-pa55" not in caplog.text
+
+
+def test_an_untrusted_broker_certificate_never_connects(
+    tls_broker: MosquittoBroker,
+    tls_files: TlsFiles,
+    tmp_path: Path,
+    unique_id: Callable[[str], str],
+) -> None:
+    other_ca = make_ca(tmp_path, "other", "/CN=another CA")
+    url = tls_url(tls_broker, "gateway", tls_files.users["gateway"])
+    gw = GatewayThread(tmp_path / "g.sqlite3", url, tls_ca=other_ca, client_id=unique_id("gw"))
+    gw.start(connect_timeout=None)
+    try:
+        assert gw.wait_stats(lambda s: s.connect_failures >= 1, WAIT), gw.stats
+        stats = gw.stats
+        assert stats.connects == 0 and stats.refusals == 0
+        assert "CERTIFICATE_VERIFY_FAILED" in stats.last_error
+    finally:
+        gw.stop()
 
 
 # -- the CLI ------------------------------------------------------------------------------
@@ -373,29 +506,175 @@ def test_cli_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "g.sqlite3"
     vin = new_vin()
     with SqliteStore(db) as store:
-        store.ingest(vin, payload(vin, 0), BASE)
-        store.ingest(vin, payload(vin, 2), BASE + 1)
+        store.ingest(vin, payload(vin, 0, boot=2), BASE)
+        store.ingest(vin, payload(vin, 3, boot=2, evicted=1), BASE + 1)
         store.ingest(vin, b"junk", BASE + 2)
         store.ingest_presence(vin, b'{"state": "online", "boot": 1}', BASE + 3)
+        store.ingest(vin, payload(vin, 0, boot=1), BASE + 4)  # a wiped box's first upload
     assert gateway_cli("status", vin, "--db", str(db)) == 0
     text = capsys.readouterr().out
     assert "Vehicle.Speed" in text
     assert "km/h" in text
     assert "online" in text
     assert "not_cbor" in text
-    assert "seq gaps" in text and "1 (1)" in text
+    words = " ".join(text.split())
+    assert "seq gaps 2 (1-2); evicted by the box: 1; not explained by evictions: 1" in words
+    assert "box reset since 2026-11-18T11:06:40.004Z: the flash was wiped" in words
+    assert "its uploads kept as box_reset rejections: 1" in words
     assert gateway_cli("status", vin, "--db", f"sqlite:///{db}", "--json") == 0
     status = json.loads(capsys.readouterr().out)
     assert status["payloads"] == 2
-    assert status["gaps"] == {"count": 1, "ranges": [[1, 1]]}
-    assert status["last_rejections"][0]["reason"] == "not_cbor"
+    assert status["gaps"] == {
+        "count": 2,
+        "ranges": [[1, 2]],
+        "evicted_by_box": 1,
+        "unexplained": 1,
+    }
+    assert status["box_reset"]["uploads"] == 1
+    assert [r["reason"] for r in status["last_rejections"]] == ["not_cbor", "box_reset"]
     assert gateway_cli("status", new_vin(), "--db", str(db)) == 1
-    assert gateway_cli("status", vin, "--db", str(tmp_path / "none.sqlite3")) == 1
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """What the command wrote to standard error, which must be one error line."""
+    captured = capsys.readouterr()
+    assert captured.err.startswith("tcusim: error: ") and captured.err.count("\n") == 1
+    assert "Traceback" not in captured.err
+    return captured.err
+
+
+def test_cli_status_reads_and_never_writes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "g.sqlite3"
+    vin = new_vin()
+    with SqliteStore(db) as store:
+        store.ingest(vin, payload(vin, 0), BASE)
+    before = db.read_bytes()
+    assert gateway_cli("status", vin, "--db", str(db)) == 0
+    assert db.read_bytes() == before
+    # The box's flash (or any SQLite file that is not the gateway's) is left as it was.
+    flash = tmp_path / "box" / "flash.sqlite3"
+    flash.parent.mkdir()
+    conn = sqlite3.connect(flash)
+    conn.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY, payload BLOB)")
+    conn.commit()
+    conn.close()
+    before = flash.read_bytes()
+    capsys.readouterr()
+    assert gateway_cli("status", vin, "--db", str(flash)) == 2
+    assert "not a tcusim gateway database" in one_error_line(capsys)
+    assert flash.read_bytes() == before
+    assert [p.name for p in flash.parent.iterdir()] == ["flash.sqlite3"]
+    # A path where nothing is: no directory, no database.
+    for target in (f"sqlite:///{tmp_path}/new/g.sqlite3", str(tmp_path / "none.sqlite3")):
+        assert gateway_cli("status", vin, "--db", target) == 2
+        assert "no such database" in one_error_line(capsys)
+    assert not (tmp_path / "new").exists() and not (tmp_path / "none.sqlite3").exists()
+    # A schema newer than this code: refused, not misread.
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO schema_version VALUES (999, 'future', 0)")
+    conn.commit()
+    conn.close()
+    assert gateway_cli("status", vin, "--db", str(db)) == 2
+    assert "newer" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["ingest", "--broker", "mqtt://h", "--batch-size", "0"], "must be at least 1, not 0"),
+        (["ingest", "--broker", "mqtt://h", "--batch-size", "many"], "not an integer"),
+        (["ingest", "--broker", "mqtt://h", "--batch-wait", "-1"], "finite number >= 0"),
+        (["ingest", "--broker", "mqtt://h", "--batch-wait", "nan"], "finite number >= 0"),
+        (["status", "VIN", "--rejections", "-1"], "must be at least 0"),
+    ],
+)
+def test_cli_refuses_bad_options(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as leaving:
+        gateway_cli(*argv)
+    assert leaving.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--broker", "http://h:1"], "scheme must be mqtt:// or mqtts://"),
+        (["--broker", "mqtt://gw:hunter2@h:99999"], "out of range"),
+        (["--broker", "mqtts://h:1", "--tls-ca", "{tmp}/missing.pem"], "TLS set-up"),
+        (["--broker", "mqtt://h:1", "--tls-ca", "{tmp}/ca.pem"], "needs an mqtts://"),
+        (["--broker", "mqtt://h:1", "--db", "{tmp}/a-file/g.sqlite3"], "cannot open"),
+    ],
+)
+def test_cli_ingest_errors_are_one_line(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if "--db" not in args:
+        args += ["--db", str(tmp_path / "g.sqlite3")]
+    assert gateway_cli("ingest", *args) == 2
+    err = one_error_line(capsys)
+    assert message in err
+    assert "hunter2" not in err
+
+
+def test_cli_ingest_over_tls_with_credentials(
+    tls_broker: MosquittoBroker,
+    tls_files: TlsFiles,
+    tmp_path: Path,
+    mqtt_client: Callable[..., PahoClient],
+    unique_id: Callable[[str], str],
+) -> None:
+    secret = tls_files.users["gateway"]
+    db = tmp_path / "g.sqlite3"
+    vin = new_vin()
+    argv = ["gateway", "ingest", "--broker", tls_url(tls_broker, "gateway", secret)]
+    argv += ["--tls-ca", str(tls_files.ca), "--db", str(db), "--client-id", unique_id("gw")]
+    proc = subprocess.Popen([sys.executable, "-c", _CLI, *argv], stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(WAIT, proc.kill)  # a stuck gateway ends the read loops below
+    watchdog.start()
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "subscribed to" in line:
+                break
+        else:
+            pytest.fail("".join(lines))
+        box = mqtt_client(
+            tls_broker, unique_id("box"), tls_ca=tls_files.ca, username="box", password="s3cret"
+        ).connect()
+        box.publish(uplink_topic(vin), payload(vin, 0))
+        for line in proc.stderr:
+            lines.append(line)
+            if "holding 1 messages" in line:
+                break
+        else:
+            pytest.fail("".join(lines))
+        proc.send_signal(signal.SIGTERM)
+        lines.extend(proc.stderr)
+        assert proc.wait(WAIT) == 0, "".join(lines)
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        proc.wait(WAIT)
+    text = "".join(lines)
+    assert f"ingesting from {tls_broker.url} into" in text
+    assert "received 1: 1 accepted" in text
+    assert secret not in text  # the whole debug log of the process
+    with SqliteStore(db, read_only=True) as store:
+        assert store.payload_count(vin) == 1
 
 
 def test_embedded_broker_keeps_the_session_of_a_stopped_gateway(
     gateways: Callable[..., GatewayThread],
-    mqtt_client: Callable[..., object],
+    mqtt_client: Callable[..., PahoClient],
     unique_id: Callable[[str], str],
 ) -> None:
     with EmbeddedBroker() as embedded:

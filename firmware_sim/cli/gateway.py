@@ -2,10 +2,13 @@
 
 ``tcusim gateway status VIN`` prints what the gateway's database knows of one vehicle: its
 presence, last-known signal values, payload counts, sequence gaps (uploads that never
-arrived) and rejections. ``tcusim gateway ingest`` stores what the boxes publish on a broker
-until interrupted.
+arrived) next to the uploads the box says it evicted, and rejections. It opens the database
+read-only and refuses one that is not the gateway's. ``tcusim gateway ingest`` stores what
+the boxes publish on a broker until interrupted.
 
 A database is a path or a URL: ``sqlite:///relative.sqlite3``, ``sqlite:////absolute.sqlite3``.
+A broker is ``mqtt://[user:password@]host[:port]``, or ``mqtts://`` for TLS.
+Errors are one line on standard error and exit status 2.
 """
 
 from __future__ import annotations
@@ -13,16 +16,48 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import signal
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from gateway.errors import GatewayError
 from gateway.ingest import CLIENT_ID, Gateway
 from gateway.store import DEFAULT_DB_PATH, Rejection, open_store, rfc3339
 
 __all__ = ["add_subparser", "run_ingest", "run_status"]
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds, zero or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text}")
+    return value
+
+
+def _fail(exc: BaseException) -> int:
+    print(f"tcusim: error: {exc}", file=sys.stderr)
+    return 2
 
 
 def add_subparser(subparsers: Any) -> None:
@@ -45,7 +80,7 @@ def add_subparser(subparsers: Any) -> None:
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.add_argument(
         "--rejections",
-        type=int,
+        type=_int_at_least(0),
         default=10,
         metavar="N",
         help="list the last N rejections (default: %(default)s)",
@@ -56,8 +91,14 @@ def add_subparser(subparsers: Any) -> None:
         "ingest", help="store what the boxes publish on a broker, until Ctrl-C"
     )
     ingest.add_argument(
-        "--broker", required=True, metavar="URL", help="the broker, mqtt://host:port"
+        "--broker",
+        required=True,
+        metavar="URL",
+        help="the broker, mqtt://[user:password@]host[:port] (mqtts:// for TLS)",
     )
+    ingest.add_argument("--tls-ca", metavar="FILE", help="CA certificate(s) for mqtts://")
+    ingest.add_argument("--tls-cert", metavar="FILE", help="client certificate for mqtts://")
+    ingest.add_argument("--tls-key", metavar="FILE", help="the client certificate's key")
     ingest.add_argument(
         "--db", default=str(DEFAULT_DB_PATH), help="database path or URL (default: %(default)s)"
     )
@@ -68,13 +109,13 @@ def add_subparser(subparsers: Any) -> None:
     )
     ingest.add_argument(
         "--batch-size",
-        type=int,
+        type=_int_at_least(1),
         default=256,
         help="most messages per transaction (default: %(default)s)",
     )
     ingest.add_argument(
         "--batch-wait",
-        type=float,
+        type=_seconds,
         default=0.005,
         metavar="SECONDS",
         help="how long a batch waits for more messages (default: %(default)s)",
@@ -93,11 +134,20 @@ def _rejection_row(r: Rejection) -> dict[str, Any]:
     }
 
 
-def _print_table(status: dict[str, Any], rejections: Sequence[dict[str, Any]], out: TextIO) -> None:
-    gaps = status["gaps"]
+def _gaps_line(gaps: dict[str, Any]) -> str:
+    """The gaps next to the box's own evictions: what is left is on its way, or lost."""
     ranges = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in gaps["ranges"][:10])
     if len(gaps["ranges"]) > 10:
         ranges += ", ..."
+    line = f"{gaps['count']}" + (f" ({ranges})" if ranges else "")
+    return (
+        f"{line}; evicted by the box: {gaps['evicted_by_box']};"
+        f" not explained by evictions: {gaps['unexplained']}"
+    )
+
+
+def _print_table(status: dict[str, Any], rejections: Sequence[dict[str, Any]], out: TextIO) -> None:
+    reset = status["box_reset"]
     facts = [
         ("vehicle", status["vin"]),
         ("presence", f"{status['presence'] or 'unknown'} (since {status['presence_time'] or '-'})"),
@@ -107,10 +157,17 @@ def _print_table(status: dict[str, Any], rejections: Sequence[dict[str, Any]], o
         ("payloads", f"{status['payloads']} (highest seq {status['max_seq']})"),
         ("samples", status["samples"]),
         ("duplicates", status["duplicates"]),
-        ("evicted by the box", status["evicted"]),
-        ("seq gaps", f"{gaps['count']}" + (f" ({ranges})" if ranges else "")),
+        ("seq gaps", _gaps_line(status["gaps"])),
         ("rejected", status["rejected"]),
     ]
+    if reset:
+        facts.append(
+            (
+                "box reset",
+                f"since {reset['first_seen']}: the flash was wiped or replaced;"
+                f" its uploads kept as box_reset rejections: {reset['uploads']}",
+            )
+        )
     width = max(len(k) for k, _ in facts)
     for key, value in facts:
         print(f"{key:<{width}}  {value}", file=out)
@@ -139,21 +196,22 @@ def _print_table(status: dict[str, Any], rejections: Sequence[dict[str, Any]], o
 
 
 def run_status(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Print a vehicle's status; 1 when the database does not know the VIN."""
+    """Print a vehicle's status; 1 when the database does not know the VIN, 2 on an error.
+
+    The database is opened read-only: a missing file, or one without the gateway's schema,
+    is an error, never created nor migrated.
+    """
     out = out or sys.stdout
-    target = args.db
-    if "://" not in target and not Path(target).exists():
-        print(f"tcusim: no database at {target}", file=sys.stderr)
-        return 1
-    with open_store(target) as store:
-        status = store.status(args.vin)
-        if status is None:
-            print(f"tcusim: unknown vehicle {args.vin}", file=sys.stderr)
-            return 1
-        kept = store.rejections(args.vin)
-        rejections = (
-            [_rejection_row(r) for r in kept[-args.rejections :]] if args.rejections else []
-        )
+    try:
+        with open_store(args.db, read_only=True) as store:
+            status = store.status(args.vin)
+            if status is None:
+                print(f"tcusim: unknown vehicle {args.vin}", file=sys.stderr)
+                return 1
+            kept = store.rejections(args.vin)
+    except (GatewayError, OSError) as exc:
+        return _fail(exc)
+    rejections = [_rejection_row(r) for r in kept[-args.rejections :]] if args.rejections else []
     if args.json:
         status["last_rejections"] = rejections
         json.dump(status, out, indent=2)
@@ -165,33 +223,41 @@ def run_status(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 async def _ingest(args: argparse.Namespace) -> Gateway:
     store = open_store(args.db)
-    gateway = Gateway(
-        store,
-        args.broker,
-        client_id=args.client_id,
-        batch_size=args.batch_size,
-        batch_wait=args.batch_wait,
-    )
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, gateway.stop)
     try:
-        await gateway.run()
-    finally:
+        gateway = Gateway(
+            store,
+            args.broker,
+            client_id=args.client_id,
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            batch_size=args.batch_size,
+            batch_wait=args.batch_wait,
+        )
+        print(
+            f"tcusim: ingesting from {gateway.broker} into {args.db} (Ctrl-C to stop)",
+            file=sys.stderr,
+            flush=True,
+        )
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+            loop.add_signal_handler(sig, gateway.stop)
+        try:
+            await gateway.run()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+    finally:
         store.close()
     return gateway
 
 
 def run_ingest(args: argparse.Namespace) -> int:
-    """Ingest until SIGINT or SIGTERM; print the counters on the way out."""
-    print(
-        f"tcusim: ingesting from {args.broker} into {args.db} (Ctrl-C to stop)",
-        file=sys.stderr,
-        flush=True,
-    )
-    gateway = asyncio.run(_ingest(args))
+    """Ingest until SIGINT or SIGTERM; print the counters on the way out; 2 on an error."""
+    try:
+        gateway = asyncio.run(_ingest(args))
+    except (GatewayError, OSError) as exc:
+        return _fail(exc)
     s = gateway.stats
     print(
         f"tcusim: received {s.received}: {s.accepted} accepted, {s.duplicates} duplicates, "
