@@ -21,6 +21,14 @@ integer to the catalog value; exclusive with ``scale``/``offset``), ``refresh`` 
 the catalog's refresh class) and ``multiplexer`` (decode the signal only when its
 multiplexer has this value; the signal must be multiplexed and the value one of its ids).
 
+Two checks catch a mapping that loads but could never be right:
+
+- units: when the DBC signal's unit and the catalog's are both known (a DBC unit of ``""``
+  or ``"-"`` is unknown) and are not spellings of one unit (:data:`UNIT_ALIASES`; case and
+  spaces are ignored), the entry must convert with ``scale``/``offset`` (or ``values``);
+  ``scale: 1`` states that the two agree as they are;
+- ``values`` keys must be raw values the signal's bits can hold.
+
 The ``network`` files are resolved relative to the mapping file. A mapping for a network
 that is not shipped with it (a third-party DBC) names the file it expects and is loaded with
 ``load_mapping(path, network_paths=[...])``, which replaces the ``network`` list.
@@ -48,17 +56,37 @@ from can_dbc.loader import LoadedNetwork, load_network
 
 __all__ = [
     "MAPPING_FORMAT",
+    "UNIT_ALIASES",
     "FrameKey",
     "MappedSignal",
     "SignalMapping",
     "load_mapping",
     "parse_mapping",
+    "units_agree",
 ]
 
 MAPPING_FORMAT = "tcusim-mapping/1"
 
 #: A frame on the bus: (arbitration id, is extended).
 FrameKey = tuple[int, bool]
+
+#: Spellings of one unit (compared without case or spaces): a DBC unit and a catalog unit in
+#: one group agree without a conversion; units in no group agree only when spelled alike.
+UNIT_ALIASES: tuple[frozenset[str], ...] = (
+    frozenset({"km/h", "kph"}),
+    frozenset({"rpm", "1/min", "min-1"}),
+    frozenset({"celsius", "°c", "degc", "c"}),
+    frozenset({"percent", "%"}),
+    frozenset({"v", "volt"}),
+    frozenset({"km"}),
+    frozenset({"m"}),
+    frozenset({"deg", "°", "degree", "degrees"}),
+    frozenset({"m/s2", "m/s**2", "m/s^2", "m/s/s"}),
+    frozenset({"min"}),
+    frozenset({"day", "d"}),
+)
+_UNIT_GROUP = {spelling: i for i, group in enumerate(UNIT_ALIASES) for spelling in group}
+_UNKNOWN_UNITS = frozenset({"", "-"})
 
 _TOP_KEYS = frozenset({"format", "network", "signals"})
 _ENTRY_KEYS = frozenset(
@@ -80,6 +108,8 @@ class MappedSignal:
     values: Mapping[int, int] | None = None
     refresh: Refresh | None = None
     multiplexer: int | None = None
+    #: The entry states ``scale`` or ``offset`` (even ``scale: 1``: the units agree as is).
+    converts: bool = False
 
     @property
     def name(self) -> str:
@@ -109,7 +139,7 @@ class MappedSignal:
     def to_entry(self) -> dict[str, Any]:
         """The entry as it is written in a mapping file."""
         entry: dict[str, Any] = {"message": self.message, "signal": self.signal}
-        if self.scale != 1:
+        if self.scale != 1 or (self.converts and self.offset == 0):
             entry["scale"] = self.scale
         if self.offset != 0:
             entry["offset"] = self.offset
@@ -275,6 +305,37 @@ def _find_signal(message: Message, name: str, where: str) -> Signal:
     raise MappingError(f"{where}: signal {name!r} is not in message {message.name}")
 
 
+def _unit_key(unit: str | None) -> str | int | None:
+    """What a unit compares as: its alias group, else its spelling; ``None`` when unknown."""
+    spelling = "".join((unit or "").split()).casefold()
+    if spelling in _UNKNOWN_UNITS:
+        return None
+    return _UNIT_GROUP.get(spelling, spelling)
+
+
+def units_agree(dbc_unit: str | None, catalog_unit: str | None) -> bool:
+    """Whether a DBC value in ``dbc_unit`` may be taken as is for ``catalog_unit``.
+
+    True when either is unknown (empty or ``"-"``) or both spell one unit.
+    """
+    dbc, catalog = _unit_key(dbc_unit), _unit_key(catalog_unit)
+    return dbc is None or catalog is None or dbc == catalog
+
+
+def _check_unit(spec: SignalSpec, signal: Signal, where: str) -> None:
+    if not units_agree(signal.unit, spec.unit):
+        raise MappingError(
+            f"{where}: {signal.name} is in {signal.unit!r} and {spec.name} in {spec.unit!r}: "
+            "give scale/offset to convert"
+        )
+
+
+def _raw_range(signal: Signal) -> tuple[int, int]:
+    if signal.is_signed:
+        return -(1 << (signal.length - 1)), (1 << (signal.length - 1)) - 1
+    return 0, (1 << signal.length) - 1
+
+
 def _catalog_value(spec: SignalSpec, value: object, where: str) -> int:
     if spec.type is SignalType.BOOL:
         if isinstance(value, bool | int) and value in (0, 1):
@@ -327,10 +388,19 @@ def _parse_entry(
         if signal.is_float:
             raise MappingError(f"{where}: values need an integer signal; {signal.name} is float")
         values = {}
+        lo, hi = _raw_range(signal)
         for raw, value in raw_values.items():
             if not _is_int(raw):
                 raise MappingError(f"{where}: values keys must be DBC raw integers, got {raw!r}")
+            if not lo <= raw <= hi:
+                sign = "signed" if signal.is_signed else "unsigned"
+                raise MappingError(
+                    f"{where}: values key {raw} is not a raw value of {signal.name} "
+                    f"({signal.length}-bit {sign}: {lo}..{hi})"
+                )
             values[raw] = _catalog_value(spec, value, where)
+    elif "scale" not in entry and "offset" not in entry:
+        _check_unit(spec, signal, where)
 
     refresh: Refresh | None = None
     if "refresh" in entry:
@@ -364,6 +434,7 @@ def _parse_entry(
         values=values,
         refresh=refresh,
         multiplexer=multiplexer,
+        converts="scale" in entry or "offset" in entry,
     )
 
 

@@ -15,7 +15,13 @@ from hypothesis import strategies as st
 from can_dbc.catalog import Refresh, Scope, SignalType, default_catalog
 from can_dbc.errors import MappingError
 from can_dbc.loader import load_network
-from can_dbc.mapping import MAPPING_FORMAT, load_mapping, parse_mapping
+from can_dbc.mapping import (
+    MAPPING_FORMAT,
+    UNIT_ALIASES,
+    load_mapping,
+    parse_mapping,
+    units_agree,
+)
 from can_dbc.network import NETWORKS_DIR, load_car_network
 
 DATA = Path(__file__).parent / "data"
@@ -91,6 +97,16 @@ def test_missing_third_party_network_says_how_to_give_it() -> None:
          "values and scale/offset cannot be used together"),
         (_doc({"Vehicle.Speed": {"message": "Dyn_Veh", "signal": "P060_vECU",
                                  "multiplexer": 0}}), "P060_vECU is not multiplexed"),
+        (_doc({"Vehicle.Speed": {"message": "Dat_CMM", "signal": "P005_CEngDst_tSens"}}),
+         "P005_CEngDst_tSens is in '°C' and Vehicle.Speed in 'km/h': give scale/offset"),
+        (_doc({"Vehicle.Powertrain.Range": {"message": "Dyn_Veh", "signal": "P062_sECU"}}),
+         "P062_sECU is in 'm' and Vehicle.Powertrain.Range in 'km'"),
+        (_doc({"Vehicle.Body.Horn.IsActive": {"message": "BSI_Body", "signal": "HornActive",
+                                              "values": {0: False, 5: True}}}),
+         "values key 5 is not a raw value of HornActive (1-bit unsigned: 0..1)"),
+        (_doc({"Vehicle.Alert.EngineFault": {"message": "Dyn2_CMM", "signal": "P344_Com_bMILOn",
+                                             "values": {0: False, 1: True}}}),
+         "values key 1 is not a raw value of P344_Com_bMILOn (1-bit signed: -1..0)"),
         ({"format": "tcusim-mapping/2", "network": ["x.dbc"], "signals": {}}, "format must be"),
         ({"format": MAPPING_FORMAT, "signals": {}}, "missing key 'network'"),
         (_doc({}), "'signals' must map logical names"),
@@ -226,15 +242,24 @@ _CAR_SIGNALS = [(m.name, s.name) for m in CAR.database.messages for s in m.signa
 _NON_POSITION = [s for s in CATALOG.signals if s.scope is not Scope.POSITION]
 
 
+def _raw_range(message: str, signal: str) -> tuple[int, int]:
+    found = CAR.database.get_message_by_name(message).get_signal_by_name(signal)
+    if found.is_signed:
+        return -(1 << (found.length - 1)), (1 << (found.length - 1)) - 1
+    return 0, (1 << found.length) - 1
+
+
 @st.composite
 def _valid_entry(draw: st.DrawFn, spec_index: int) -> dict[str, Any]:
     spec = _NON_POSITION[spec_index]
     message, signal = draw(st.sampled_from(_CAR_SIGNALS))
     entry: dict[str, Any] = {"message": message, "signal": signal}
+    lo, hi = _raw_range(message, signal)
     if spec.type is SignalType.BOOL and draw(st.booleans()):
-        entry["values"] = {0: False, 1: True}
+        entry["values"] = {lo: False, hi: True}
     elif spec.type is SignalType.ENUM and draw(st.booleans()):
-        keys = draw(st.lists(st.integers(-8, 8), min_size=1, max_size=4, unique=True))
+        keys = draw(st.lists(st.integers(max(lo, -8), min(hi, 8)), min_size=1, max_size=4,
+                             unique=True))  # fmt: skip
         entry["values"] = {k: draw(st.sampled_from(sorted(spec.enum))) for k in keys}
     elif spec.type in (SignalType.FLOAT, SignalType.INT):
         finite = st.floats(-1e6, 1e6).filter(lambda x: x != 0 and math.isfinite(x))
@@ -242,6 +267,10 @@ def _valid_entry(draw: st.DrawFn, spec_index: int) -> dict[str, Any]:
             entry["scale"] = draw(st.one_of(st.integers(1, 100), finite))
         if draw(st.booleans()):
             entry["offset"] = draw(st.one_of(st.integers(-100, 100), finite))
+    if "values" not in entry and "scale" not in entry and "offset" not in entry:
+        unit = CAR.database.get_message_by_name(message).get_signal_by_name(signal).unit
+        if not units_agree(unit, spec.unit):
+            entry["scale"] = 1  # the units differ: the entry states its conversion
     if draw(st.booleans()):
         entry["refresh"] = draw(st.sampled_from([r.value for r in Refresh]))
     return entry
@@ -284,3 +313,46 @@ def test_shipped_mappings_round_trip_through_their_documents() -> None:
             yaml.safe_dump(mapping.to_document(), sort_keys=False), network=mapping.network
         )
         assert again.signals == mapping.signals
+
+
+def test_units_convert_or_agree() -> None:
+    # A stated conversion passes the unit check; unknown DBC units ("-", "") are not checked.
+    mapping = _parse(
+        _doc(
+            {
+                "Vehicle.Powertrain.Range": {
+                    "message": "Dyn_Veh", "signal": "P062_sECU", "scale": 0.001,
+                },
+                "Vehicle.Speed": {"message": "Dyn2_CMM", "signal": "P152_Gearbx_stGear"},
+                "Vehicle.TraveledDistance": {"message": "Dat_CMM", "signal": "P011_Oil_tSwmp"},
+                "Vehicle.Exterior.AirTemperature": {
+                    "message": "Dat_CMM", "signal": "P005_CEngDst_tSens",
+                },
+            }
+        )
+    )  # fmt: skip
+    assert mapping.by_name("Vehicle.Powertrain.Range").scale == 0.001
+    assert len(mapping) == 4
+
+
+_SPELLINGS = sorted({s for group in UNIT_ALIASES for s in group})
+
+
+def _respelled(unit: str) -> st.SearchStrategy[str]:
+    """The unit with its letters' case changed and spaces put around and inside it."""
+    return st.lists(st.sampled_from([str.upper, str.lower, lambda c: f" {c}"]),
+                    min_size=len(unit), max_size=len(unit)).map(
+        lambda how: "".join(f(c) for f, c in zip(how, unit, strict=True)) + " "
+    )  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_unit_spellings_agree_within_their_group_only(data: st.DataObject) -> None:
+    first = data.draw(st.sampled_from(_SPELLINGS))
+    second = data.draw(st.sampled_from(_SPELLINGS))
+    same = any(first in g and second in g for g in UNIT_ALIASES)
+    written = data.draw(_respelled(first))
+    assert units_agree(written, second) is same
+    assert units_agree(second, written) is same
+    assert units_agree(data.draw(st.sampled_from(["", "-", " - ", None])), second)
