@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiomqtt
 from aiomqtt.client import MessagesIterator
@@ -93,7 +94,7 @@ def classify_topic(topic: str) -> tuple[str | None, Kind]:
     return vin, Kind.UNKNOWN
 
 
-_PASSWORD_IN_URL = re.compile(r"(://[^/@:]*):[^/@]*@")
+_PASSWORD_IN_URL = re.compile(r"(://[^/@:]*):[^/]*@")
 
 
 def broker_url(url: str | BrokerUrl) -> BrokerUrl:
@@ -104,7 +105,11 @@ def broker_url(url: str | BrokerUrl) -> BrokerUrl:
         return parse_broker_url(url)
     except ConfigError as exc:
         shown = _PASSWORD_IN_URL.sub(r"\1:***@", url)
-        raise BrokerError(str(exc).replace(url, shown)) from None
+        message = str(exc).replace(repr(url), repr(shown)).replace(url, shown)
+        password = urlsplit(url).password
+        if password and password in message:
+            message = message.replace(password, "***")
+        raise BrokerError(message) from None
 
 
 def tls_context(

@@ -375,10 +375,13 @@ def test_broker_urls() -> None:
         "pa55",
     )
     assert broker_url(url) is url
-    for bad in ("http://x:1", "mqtt://x:99999", "localhost", "mqtt://u:hunter2@x:99999"):
+    bad = ["http://x:1", "mqtt://x:99999", "localhost"]
+    for password in ("hunter2", "hun@ter2", "hunter\\2", "hunter'2"):
+        bad += [f"mqtt://u:{password}@x:99999", f"http://u:{password}@x", f"mqtt://u:{password}@"]
+    for url in bad:
         with pytest.raises(BrokerError) as caught:
-            broker_url(bad)
-        assert "hunter2" not in str(caught.value)
+            broker_url(url)
+        assert "ter2" not in str(caught.value), url
 
 
 def test_tls_options_are_checked_before_connecting(tmp_path: Path) -> None:
