@@ -20,6 +20,7 @@ __all__ = [
     "UplinkConfig",
     "UploadPolicy",
     "model_year_from_vin",
+    "mask_password",
     "parse_broker_url",
     "validate_vin",
 ]
@@ -98,9 +99,22 @@ class BrokerUrl:
         return f"{scheme}://{self.host}:{self.port}"
 
 
+def mask_password(url: str) -> str:
+    """``url`` with the password of its user part, if any, replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
 def parse_broker_url(url: str) -> BrokerUrl:
-    """Parse ``mqtt://[user[:password]@]host[:port]`` (``mqtts://`` for TLS)."""
+    """Parse ``mqtt://[user[:password]@]host[:port]`` (``mqtts://`` for TLS).
+
+    Errors name the URL with its password masked.
+    """
     parts = urlsplit(url)
+    url = mask_password(url)
     if parts.scheme not in ("mqtt", "mqtts"):
         raise ConfigError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
     if not parts.hostname:

@@ -135,3 +135,12 @@ def test_credentials_in_the_url_may_be_percent_encoded() -> None:
     url = parse_broker_url("mqtts://fleet%2Fbox:p%40ss%3Aword@broker.example:8883")
     assert (url.username, url.password) == ("fleet/box", "p@ss:word")
     assert "p@ss" not in repr(url) and "p@ss" not in str(url)
+
+
+@pytest.mark.parametrize(
+    "url", ["mqtt://box:hunter2@host:notaport", "ftp://box:hunter2@host", "mqtt://box:hunter2@"]
+)
+def test_a_bad_broker_url_is_named_without_its_password(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_broker_url(url)
+    assert "hunter2" not in str(info.value) and "box:***@" in str(info.value)
