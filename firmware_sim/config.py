@@ -19,8 +19,8 @@ __all__ = [
     "TcuConfig",
     "UplinkConfig",
     "UploadPolicy",
-    "model_year_from_vin",
     "mask_password",
+    "model_year_from_vin",
     "parse_broker_url",
     "validate_vin",
 ]
