@@ -28,7 +28,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import re
 import ssl
 import threading
 import time
@@ -37,7 +36,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiomqtt
 from aiomqtt.client import MessagesIterator
@@ -94,7 +92,6 @@ def classify_topic(topic: str) -> tuple[str | None, Kind]:
     return vin, Kind.UNKNOWN
 
 
-_PASSWORD_IN_URL = re.compile(r"(://[^/@:]*):[^/]*@")
 
 
 def broker_url(url: str | BrokerUrl) -> BrokerUrl:
@@ -103,13 +100,8 @@ def broker_url(url: str | BrokerUrl) -> BrokerUrl:
         return url
     try:
         return parse_broker_url(url)
-    except ConfigError as exc:
-        shown = _PASSWORD_IN_URL.sub(r"\1:***@", url)
-        message = str(exc).replace(repr(url), repr(shown)).replace(url, shown)
-        password = urlsplit(url).password
-        if password and password in message:
-            message = message.replace(password, "***")
-        raise BrokerError(message) from None
+    except ConfigError as exc:  # its message masks the password already
+        raise BrokerError(str(exc)) from None
 
 
 def tls_context(
