@@ -9,10 +9,18 @@ file, so that the lines can be counted and bad ones reported:
   candump frame is counted in :attr:`CaptureStats.bad_lines` (with its number) and skipped.
 - ``.trc``: python-can itself skips a line it cannot parse and logs a warning; those
   warnings are counted as bad lines.
-- ``.asc``: python-can skips lines that are not frames (comments, statistics, J1939TP);
-  a frame line it fails on ends the read with a :class:`~can_dbc.errors.CaptureError`
-  naming the line.
-- ``.blf``: a corrupt object ends the read with a :class:`~can_dbc.errors.CaptureError`.
+- ``.asc``: python-can skips lines that are not frames (comments, statistics, J1939TP); a
+  frame line it cannot parse is counted as a bad line and skipped (python-can's loop skips a
+  frame its parser returns as ``None``), and so is a frame line too short to split. The line
+  after the header, which python-can's header read consumes, is given back when it is not
+  the ``internal events logged`` line it expects.
+- ``.blf``: the header states the file's size and its number of objects; both are kept in
+  :class:`CaptureStats`, whose :attr:`~CaptureStats.shortfall` counts the objects not read as
+  frames (a file cut short; or objects python-can does not read, as it yields only CAN and
+  error frames) and :attr:`~CaptureStats.cut_short` says the file ends before its stated
+  size. A corrupt object ends the read with a :class:`~can_dbc.errors.CaptureError`.
+- a ``.gz`` that is corrupt or cut short ends the read with a
+  :class:`~can_dbc.errors.CaptureError`.
 
 A missing file or an unknown suffix is a :class:`~can_dbc.errors.CaptureError` at once.
 """
@@ -24,7 +32,7 @@ import logging
 import re
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -32,7 +40,7 @@ from types import TracebackType
 from typing import IO, Any
 
 import can
-from can.io.asc import ASCReader
+from can.io.asc import ASC_MESSAGE_REGEX, ASCReader
 from can.io.blf import BLFParseError, BLFReader
 from can.io.canutils import CanutilsLogReader
 from can.io.trc import TRCReader
@@ -41,15 +49,11 @@ from can_dbc.errors import CaptureError
 
 __all__ = ["CAPTURE_SUFFIXES", "CaptureReader", "CaptureStats", "read_capture"]
 
-_TEXT_READERS: dict[str, type[Any]] = {
-    ".log": CanutilsLogReader,
-    ".asc": ASCReader,
-    ".trc": TRCReader,
-}
-_BINARY_READERS: dict[str, type[Any]] = {".blf": BLFReader}
+_TEXT_SUFFIXES = (".log", ".asc", ".trc")
+_BINARY_SUFFIXES = (".blf",)
 
 #: The capture suffixes read (each also with ``.gz`` after it).
-CAPTURE_SUFFIXES = tuple(sorted([*_TEXT_READERS, *_BINARY_READERS]))
+CAPTURE_SUFFIXES = tuple(sorted([*_TEXT_SUFFIXES, *_BINARY_SUFFIXES]))
 
 # One candump -L line: "(timestamp) channel id#data [R|T]" with classic, remote and FD forms.
 _CANDUMP_LINE = re.compile(
@@ -64,11 +68,18 @@ _KEPT_BAD_LINES = 20
 
 @dataclass
 class CaptureStats:
-    """What reading a capture found: frames read and bad lines skipped (first few numbers)."""
+    """What reading a capture found.
+
+    ``frames`` read and ``bad_lines`` skipped (the first line numbers kept); for a BLF file,
+    the object count and size its header declares, and the bytes there were.
+    """
 
     frames: int = 0
     bad_lines: int = 0
     bad_line_numbers: list[int] = field(default_factory=list)
+    declared_objects: int | None = None
+    declared_bytes: int | None = None
+    bytes_read: int | None = None
 
     def bad_line(self, number: int) -> None:
         """Count a bad line."""
@@ -76,26 +87,142 @@ class CaptureStats:
         if len(self.bad_line_numbers) < _KEPT_BAD_LINES:
             self.bad_line_numbers.append(number)
 
+    @property
+    def shortfall(self) -> int:
+        """Objects the header declares that were not read as frames (0 when none is stated)."""
+        if self.declared_objects is None:
+            return 0
+        return max(0, self.declared_objects - self.frames)
+
+    @property
+    def cut_short(self) -> bool:
+        """True when the file ends before the size its header declares."""
+        if self.declared_bytes is None or self.bytes_read is None:
+            return False
+        return self.bytes_read < self.declared_bytes
+
+    def problems(self) -> list[str]:
+        """What the read lost, as sentences (empty when nothing)."""
+        found = []
+        if self.cut_short:
+            found.append(
+                f"cut short: {self.bytes_read} of the {self.declared_bytes} bytes its header "
+                "declares"
+            )
+        if self.shortfall:
+            found.append(
+                f"{self.shortfall} of the {self.declared_objects} objects its header declares "
+                "were not read as frames"
+            )
+        if self.bad_lines:
+            found.append(f"{self.bad_lines} bad lines skipped")
+        return found
+
+
+def _candump_line(line: str) -> bool:
+    return _CANDUMP_LINE.match(line) is not None
+
+
+def _asc_line(line: str) -> bool:
+    """False for a line python-can takes for a frame but would skip unsplit."""
+    stripped = line.strip()
+    return not ASC_MESSAGE_REGEX.match(stripped) or len(stripped.split(None, 2)) == 3
+
 
 class _Lines:
     """A text file as python-can's readers iterate it, with line numbers and a check."""
 
-    def __init__(self, file: IO[str], stats: CaptureStats, pattern: re.Pattern[str] | None) -> None:
+    def __init__(
+        self, file: IO[str], stats: CaptureStats, check: Callable[[str], bool] | None
+    ) -> None:
         self._file = file
         self._stats = stats
-        self._pattern = pattern
+        self._check = check
+        self._pending: str | None = None
         self.number = 0
+        self.last: str | None = None
 
     def __iter__(self) -> _Lines:
         return self
 
     def __next__(self) -> str:
+        if self._pending is not None:
+            line, self._pending = self._pending, None
+            self.number += 1
+            return line
         while True:
             line = next(self._file)
             self.number += 1
-            if self._pattern is None or not line.strip() or self._pattern.match(line):
+            if self._check is None or not line.strip() or self._check(line):
+                self.last = line
                 return line
             self._stats.bad_line(self.number)
+
+    def push_back(self, line: str) -> None:
+        """Give the last line again on the next read."""
+        self._pending = line
+        self.number -= 1
+
+    def close(self) -> None:
+        self._file.close()
+
+
+# The lines python-can's ASC header read consumes as header.
+_ASC_HEADER_LINE = re.compile(
+    r"date\s+\w+\s|base\s+(?:hex|dec)|//|(?:no)?\s*internal\s+events\s+logged", re.IGNORECASE
+)
+
+# What python-can's ASC frame parsers raise on a malformed frame line.
+_ASC_FAULTS = (ValueError, IndexError, KeyError, TypeError, OverflowError)
+
+
+class _SkippingASCReader(ASCReader):
+    """python-can's ASC reader, counting and skipping the frame lines it cannot parse."""
+
+    def __init__(self, file: _Lines, stats: CaptureStats) -> None:
+        super().__init__(file)  # type: ignore[arg-type]
+        self._lines = file
+        self._stats = stats
+
+    def _extract_header(self) -> None:
+        """python-can's header read, which ends by consuming the first line after the header
+        (meant to be "internal events logged"); any other line is given back to be read."""
+        self._lines.last = None
+        super()._extract_header()
+        last = self._lines.last
+        if last is not None and not _ASC_HEADER_LINE.match(last.strip()):
+            self._lines.push_back(last)
+
+    def _process_classic_can_frame(  # type: ignore[override]
+        self, line: str, msg_kwargs: dict[str, Any]
+    ) -> can.Message | None:
+        try:
+            return super()._process_classic_can_frame(line, msg_kwargs)
+        except _ASC_FAULTS:
+            self._stats.bad_line(self._lines.number)
+            return None
+
+    def _process_fd_can_frame(  # type: ignore[override]
+        self, line: str, msg_kwargs: dict[str, Any]
+    ) -> can.Message | None:
+        try:
+            return super()._process_fd_can_frame(line, msg_kwargs)
+        except _ASC_FAULTS:
+            self._stats.bad_line(self._lines.number)
+            return None
+
+
+class _CountedBytes:
+    """A binary file that counts the bytes read from it."""
+
+    def __init__(self, file: IO[bytes] | gzip.GzipFile) -> None:
+        self._file = file
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._file.read(size)
+        self.count += len(data)
+        return data
 
     def close(self) -> None:
         self._file.close()
@@ -127,7 +254,7 @@ class CaptureReader:
     def __init__(self, path: str | PathLike[str]) -> None:
         self.path = Path(path)
         self.suffix, self.compressed = _split_suffix(self.path)
-        if self.suffix not in _TEXT_READERS and self.suffix not in _BINARY_READERS:
+        if self.suffix not in CAPTURE_SUFFIXES:
             known = " ".join(CAPTURE_SUFFIXES)
             raise CaptureError(
                 f"{self.path}: unknown capture format {self.path.suffix!r} "
@@ -160,21 +287,27 @@ class CaptureReader:
 
     def __iter__(self) -> Iterator[can.Message]:
         try:
-            if self.suffix in _TEXT_READERS:
+            if self.suffix in _TEXT_SUFFIXES:
                 yield from self._read_text()
             else:
                 yield from self._read_binary()
         except OSError as exc:
             raise CaptureError(f"{self.path}: cannot read: {exc.strerror or exc}") from exc
 
+    def _text_reader(self, lines: _Lines) -> Iterator[can.Message]:
+        if self.suffix == ".asc":
+            return iter(_SkippingASCReader(lines, self.stats))
+        reader = CanutilsLogReader if self.suffix == ".log" else TRCReader
+        return iter(reader(lines))  # type: ignore[arg-type]
+
     def _read_text(self) -> Iterator[can.Message]:
-        pattern = _CANDUMP_LINE if self.suffix == ".log" else None
-        lines = _Lines(self._open_text(), self.stats, pattern)
+        checks = {".log": _candump_line, ".asc": _asc_line}
+        lines = _Lines(self._open_text(), self.stats, checks.get(self.suffix))
         handler = _ParseWarnings(self.stats, lines)
         source = logging.getLogger("can.io")
         source.addHandler(handler)
         try:
-            for msg in _TEXT_READERS[self.suffix](lines):
+            for msg in self._text_reader(lines):
                 self.stats.frames += 1
                 yield msg
         except (ValueError, IndexError, KeyError, EOFError, zlib.error) as exc:
@@ -184,9 +317,12 @@ class CaptureReader:
             lines.close()
 
     def _read_binary(self) -> Iterator[can.Message]:
-        file = self._open_binary()
+        file = _CountedBytes(self._open_binary())
         try:
-            for msg in _BINARY_READERS[self.suffix](file):
+            reader = BLFReader(file)  # type: ignore[arg-type]
+            self.stats.declared_objects = reader.object_count
+            self.stats.declared_bytes = reader.file_size
+            for msg in reader:
                 self.stats.frames += 1
                 yield msg
         except (BLFParseError, struct.error, ValueError, EOFError, zlib.error) as exc:
@@ -195,6 +331,7 @@ class CaptureReader:
                 f"{self.path}: corrupt after {self.stats.frames} frames: {detail}"
             ) from exc
         finally:
+            self.stats.bytes_read = file.count
             file.close()
 
 

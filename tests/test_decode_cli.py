@@ -247,14 +247,85 @@ def test_bad_dbc_names_its_line(tcusim: Any, tmp_path: Path) -> None:
 # --- the capture reader -----------------------------------------------------------------------
 
 
-def test_corrupt_asc_frame_line_names_the_line(tmp_path: Path) -> None:
+def _corrupt_asc(tmp_path: Path) -> tuple[Path, int]:
+    """The python-can ASC sample with one frame line's data made unreadable; (path, line)."""
     text = (DATA / "pycan_logfile.asc").read_text(encoding="utf-8").splitlines()
     number = next(i for i, line in enumerate(text) if "6F9" in line)
     text[number] = text[number].replace("05 0C", "05 ZZ")
     path = tmp_path / "corrupt.asc"
     path.write_text("\n".join(text) + "\n", encoding="utf-8")
-    with pytest.raises(CaptureError, match=rf"corrupt.asc:{number + 1}: cannot parse"):
-        read_capture(path)
+    return path, number + 1
+
+
+def test_a_bad_asc_frame_line_is_counted_and_skipped(tcusim: Any, tmp_path: Path) -> None:
+    path, number = _corrupt_asc(tmp_path)
+    frames, stats = read_capture(path)
+    assert len(frames) == 19  # of 20
+    assert 0x6F9 not in {f.arbitration_id for f in frames}
+    assert (stats.bad_lines, stats.bad_line_numbers) == (1, [number])
+    status, out, err = tcusim("decode", "--dbc", SUBARU_DBC, path, "--summary-only")
+    assert status == 0
+    summary = _summary(out)
+    assert (summary["frames"], summary["bad_lines"]) == (19, 1)
+    assert "1 bad lines skipped" in err
+
+
+@pytest.mark.parametrize(("size", "read"), [(144, 0), (300, 0), (400, 1), (500, 2), (612, 2)])
+def test_a_blf_cut_short_says_what_it_lacks(tmp_path: Path, size: int, read: int) -> None:
+    data = (DATA / "pycan_test_CanFdMessage64.blf").read_bytes()
+    assert len(data) == 612
+    path = tmp_path / "cut.blf"
+    path.write_bytes(data[:size])
+    frames, stats = read_capture(path)
+    assert len(frames) == stats.frames == read
+    assert (stats.declared_objects, stats.declared_bytes, stats.bytes_read) == (2, 612, size)
+    assert stats.shortfall == 2 - read
+    assert stats.cut_short is (size < 612)
+    assert bool(stats.problems()) is (size < 612)
+
+
+def test_decode_of_a_blf_cut_short_counts_the_loss(tcusim: Any, tmp_path: Path) -> None:
+    path = tmp_path / "cut.blf"
+    path.write_bytes((DATA / "pycan_test_CanFdMessage64.blf").read_bytes()[:400])
+    status, out, err = tcusim("decode", "--dbc", SUBARU_DBC, path)
+    assert status == 0
+    summary = _summary(out)
+    assert (summary["frames"], summary["unread_objects"], summary["cut_short"]) == (1, 1, True)
+    assert "cut short: 400 of the 612 bytes its header declares" in err
+    assert "1 of the 2 objects its header declares were not read as frames" in err
+    whole = DATA / "pycan_test_CanFdMessage64.blf"
+    status, out, err = tcusim("decode", "--dbc", SUBARU_DBC, whole)
+    summary = _summary(out)
+    assert (status, summary["unread_objects"], summary["cut_short"], err) == (0, 0, False, "")
+
+
+def test_a_corrupt_blf_still_closes_with_the_summary(tcusim: Any, tmp_path: Path) -> None:
+    path = tmp_path / "corrupt.blf"
+    path.write_bytes(b"XXXX" + (DATA / "pycan_test_CanFdMessage64.blf").read_bytes()[4:])
+    status, out, err = tcusim("decode", "--dbc", SUBARU_DBC, path)
+    assert status == 2
+    [line] = out.splitlines()
+    summary = json.loads(line)
+    assert summary["frames"] == 0
+    assert summary["aborted"].startswith(f"{path}: corrupt after 0 frames")
+    assert err == f"tcusim: error: {summary['aborted']}\n"
+
+
+def test_a_gz_that_breaks_mid_read_still_closes_with_the_summary(
+    tcusim: Any, tmp_path: Path
+) -> None:
+    packed = gzip.compress(TESLA_LOG.read_bytes())
+    path = tmp_path / "cut.log.gz"
+    path.write_bytes(packed[: len(packed) // 2])  # the gzip stream ends mid-file
+    status, out, err = tcusim("decode", "--dbc", TESLA_DBC, path)
+    assert status == 2
+    lines = out.splitlines()
+    summary = json.loads(lines[-1])
+    assert str(path) in summary["aborted"]
+    # What was read before the break is decoded and counted.
+    assert 0 < summary["frames"] == summary["decoded"] == len(lines) - 1 < 12138
+    assert err.startswith("tcusim: error: ")
+    assert "Traceback" not in err
 
 
 def test_corrupt_blf_is_a_capture_error(tmp_path: Path) -> None:
@@ -299,3 +370,43 @@ def test_any_candump_text_is_read_or_counted_never_raised(
     blank = sum(1 for line in "\n".join(lines).splitlines() if not line.strip())
     total = len("\n".join(lines).splitlines())
     assert len(frames) + reader.stats.bad_lines + blank == total
+
+
+_ASC_HEADER = "date Sam Sep 30 15:06:13.191 2017\nbase hex  timestamps absolute\n"
+_ASC_TIME = st.floats(0, 1e5).map(lambda t: f"{t:.6f}")
+_ASC_ID = st.one_of(
+    st.integers(0, 0x7FF).map(lambda i: f"{i:X}"),
+    st.integers(0, 0x1FFFFFFF).map(lambda i: f"{i:X}x"),
+)
+_ASC_FRAME = st.builds(
+    lambda t, i, data: f"   {t} 1  {i}  Rx   d {len(data)} {data.hex(' ').upper()}",
+    _ASC_TIME,
+    _ASC_ID,
+    st.binary(max_size=8),
+)
+_ASC_BROKEN = st.one_of(
+    st.builds(lambda t, i: f"   {t} 1  {i}  Rx   d 8 01 ZZ", _ASC_TIME, _ASC_ID),
+    st.builds(lambda t, i: f"   {t} 2  {i}  Tx   d Q", _ASC_TIME, _ASC_ID),
+    st.builds(lambda t, i: f"   {t} 1  {i}  Rx   d 1 1FF", _ASC_TIME, _ASC_ID),
+    st.builds(lambda t: f"   {t} CANFD", _ASC_TIME),
+    st.builds(lambda t, i: f"   {t} CANFD   1 Rx {i} 1 0 8", _ASC_TIME, _ASC_ID),
+)
+_ASC_OTHER = st.one_of(
+    st.text(alphabet="/ abcdefxyz:", max_size=20).map(lambda s: f"// {s}"),
+    st.builds(lambda t: f"   {t} 1  Statistic: D 0 R 0 XD 0", _ASC_TIME),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["frame", "broken", "other"]), st.data()), max_size=12))
+def test_any_asc_frame_line_is_read_or_counted_never_raised(
+    tmp_path_factory: Any, kinds: list[tuple[str, st.DataObject]]
+) -> None:
+    strategies = {"frame": _ASC_FRAME, "broken": _ASC_BROKEN, "other": _ASC_OTHER}
+    lines = [(kind, data.draw(strategies[kind])) for kind, data in kinds]
+    path = tmp_path_factory.mktemp("asc") / "any.asc"
+    path.write_text(_ASC_HEADER + "".join(f"{line}\n" for _, line in lines), encoding="utf-8")
+    frames, stats = read_capture(path)
+    broken = [n + 3 for n, (kind, _) in enumerate(lines) if kind == "broken"]
+    assert len(frames) == sum(kind == "frame" for kind, _ in lines)
+    assert (stats.bad_lines, stats.bad_line_numbers) == (len(broken), broken)

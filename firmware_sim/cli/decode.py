@@ -2,10 +2,16 @@
 
 Each decoded frame is one line ``{"t", "id", "ext", "message", "signals"}``; one summary
 line closes the output: frames, decoded, unknown_id, errors, error_frames, remote_frames,
-truncated, bad_lines, error_reasons and the [min, max] of each numeric signal. Without
-``--mapping`` every message of the network is decoded by DBC signal name (value tables off
-unless ``--choices``); with it, only the mapped signals, by logical (catalog) name, in the
-catalog's units. Load repairs and warnings go to stderr.
+truncated, bad_lines, unread_objects and cut_short (a BLF file shorter than its header
+says), error_reasons and the [min, max] of each numeric signal. Without ``--mapping`` every
+message of the network is decoded by DBC signal name (value tables off unless
+``--choices``); with it, only the mapped signals, by logical (catalog) name, in the
+catalog's units. Load repairs and warnings, and what the capture lost, go to stderr.
+
+A capture that cannot be read to its end (a corrupt BLF object, a broken .gz) still closes
+the output with the summary of what was read, with ``"aborted": "<reason>"``, and exits 2.
+Faults found before reading (arguments, network, mapping, a missing capture) are one error
+line on stderr and exit 2, with no summary.
 """
 
 from __future__ import annotations
@@ -13,15 +19,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
-from can_dbc.capture import CAPTURE_SUFFIXES, CaptureReader
+from can_dbc.capture import CAPTURE_SUFFIXES, CaptureReader, CaptureStats
 from can_dbc.decoder import CompiledDecoder, DecoderStats, MessageDecoder
+from can_dbc.errors import CaptureError
 from can_dbc.loader import FORMATS, LoadReport, load_network
 from can_dbc.mapping import load_mapping
 
 __all__ = ["add_subparser", "run"]
+
+Write = Callable[[str], object]
 
 
 def add_subparser(subparsers: Any) -> None:
@@ -73,7 +82,9 @@ class _Ranges:
                 seen[1] = value
 
 
-def _summary(stats: DecoderStats, bad_lines: int, ranges: _Ranges, mapped: bool) -> dict[str, Any]:
+def _summary(
+    stats: DecoderStats, capture: CaptureStats, ranges: _Ranges, mapped: bool
+) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "frames": stats.frames,
         "decoded": stats.decoded,
@@ -82,7 +93,9 @@ def _summary(stats: DecoderStats, bad_lines: int, ranges: _Ranges, mapped: bool)
         "error_frames": stats.error_frames,
         "remote_frames": stats.remote_frames,
         "truncated": stats.truncated,
-        "bad_lines": bad_lines,
+        "bad_lines": capture.bad_lines,
+        "unread_objects": capture.shortfall,
+        "cut_short": capture.cut_short,
         "error_reasons": dict(stats.error_reasons),
         "ranges": dict(sorted(ranges.ranges.items())),
     }
@@ -96,6 +109,48 @@ def _report(report: LoadReport, err: TextIO) -> None:
         print(f"tcusim decode: {line}", file=err)
 
 
+def _decode_mapped(
+    reader: CaptureReader, compiled: CompiledDecoder, ranges: _Ranges, write: Write | None
+) -> None:
+    names = compiled.names
+    for msg in reader:
+        pairs = compiled.feed(msg)
+        if pairs is None:
+            continue
+        signals = {names[sid]: value for sid, value in pairs}
+        ranges.add(signals)
+        if write is not None:
+            message = compiled.message_of(msg.arbitration_id, msg.is_extended_id)
+            line = {
+                "t": msg.timestamp,
+                "id": msg.arbitration_id,
+                "ext": msg.is_extended_id,
+                "message": message.name if message is not None else None,
+                "signals": signals,
+            }
+            write(json.dumps(line) + "\n")
+
+
+def _decode_all(
+    reader: CaptureReader, decoder: MessageDecoder, ranges: _Ranges, write: Write | None
+) -> None:
+    for msg in reader:
+        result = decoder.feed(msg)
+        if result is None:
+            continue
+        message, decoded = result
+        ranges.add(decoded)
+        if write is not None:
+            line = {
+                "t": msg.timestamp,
+                "id": msg.arbitration_id,
+                "ext": msg.is_extended_id,
+                "message": message.name,
+                "signals": decoded,
+            }
+            write(json.dumps(line, default=str) + "\n")
+
+
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Decode ``args.capture``; returns the exit status."""
     out = out if out is not None else sys.stdout
@@ -105,51 +160,32 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         return 2
     reader = CaptureReader(args.capture)
     ranges = _Ranges()
-    write = out.write
-    show = not args.summary_only
+    write = None if args.summary_only else out.write
+    decoder: CompiledDecoder | MessageDecoder
     if args.mapping:
         mapping = load_mapping(args.mapping, network_paths=args.dbc or None)
         _report(mapping.network.report, err)
-        compiled = CompiledDecoder.for_mapping(mapping, skip_unchanged=False)
-        names = compiled.names
-        for msg in reader:
-            pairs = compiled.feed(msg)
-            if pairs is None:
-                continue
-            signals = {names[sid]: value for sid, value in pairs}
-            ranges.add(signals)
-            if show:
-                message = compiled.message_of(msg.arbitration_id, msg.is_extended_id)
-                line = {
-                    "t": msg.timestamp,
-                    "id": msg.arbitration_id,
-                    "ext": msg.is_extended_id,
-                    "message": message.name if message is not None else None,
-                    "signals": signals,
-                }
-                write(json.dumps(line) + "\n")
-        stats = compiled.stats
+        decoder = CompiledDecoder.for_mapping(mapping, skip_unchanged=False)
     else:
         network = load_network(args.dbc)
         _report(network.report, err)
         decoder = MessageDecoder(network.database, decode_choices=args.choices)
-        for msg in reader:
-            result = decoder.feed(msg)
-            if result is None:
-                continue
-            message, decoded = result
-            ranges.add(decoded)
-            if show:
-                line = {
-                    "t": msg.timestamp,
-                    "id": msg.arbitration_id,
-                    "ext": msg.is_extended_id,
-                    "message": message.name,
-                    "signals": decoded,
-                }
-                write(json.dumps(line, default=str) + "\n")
-        stats = decoder.stats
-    summary = _summary(stats, reader.stats.bad_lines, ranges, bool(args.mapping))
-    write(json.dumps(summary) + "\n")
+    aborted: str | None = None
+    try:
+        if isinstance(decoder, CompiledDecoder):
+            _decode_mapped(reader, decoder, ranges, write)
+        else:
+            _decode_all(reader, decoder, ranges, write)
+    except CaptureError as exc:
+        aborted = str(exc)
+    for problem in reader.stats.problems():
+        print(f"tcusim decode: warning {args.capture}: {problem}", file=err)
+    summary = _summary(decoder.stats, reader.stats, ranges, bool(args.mapping))
+    if aborted is not None:
+        summary["aborted"] = aborted
+    out.write(json.dumps(summary) + "\n")
     out.flush()
+    if aborted is not None:
+        print(f"tcusim: error: {aborted}", file=err)
+        return 2
     return 0
