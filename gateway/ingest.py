@@ -92,8 +92,6 @@ def classify_topic(topic: str) -> tuple[str | None, Kind]:
     return vin, Kind.UNKNOWN
 
 
-
-
 def broker_url(url: str | BrokerUrl) -> BrokerUrl:
     """The parsed broker URL; :class:`BrokerError` (which never shows the password) if bad."""
     if isinstance(url, BrokerUrl):
