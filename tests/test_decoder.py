@@ -297,3 +297,34 @@ def test_message_decoder_decodes_everything_by_dbc_name() -> None:
     assert (only.stats.unknown_id, only.stats.unchanged) == (1, 1)
     with pytest.raises(MappingError, match="NoSuch"):
         MessageDecoder(CAR.database, messages=["NoSuch"])
+
+
+def test_an_arxml_network_decodes_through_a_mapping() -> None:
+    network = load_network(DATA / "tcusim_minimal_system.arxml", repair=False)
+    assert network.report.clean
+    [message] = network.database.messages
+    assert (message.name, message.frame_id, message.length, message.cycle_time) == (
+        "VehicleStatus", 0x123, 3, 100,
+    )  # fmt: skip
+    mapping = parse_mapping(
+        {
+            "format": MAPPING_FORMAT,
+            "network": ["tcusim_minimal_system.arxml"],
+            "signals": {
+                "Vehicle.Speed": {"message": "VehicleStatus", "signal": "VehicleSpeed"},
+                "Vehicle.Exterior.AirTemperature": {
+                    "message": "VehicleStatus",
+                    "signal": "OutsideTemperature",
+                },
+            },
+        },
+        network=network,
+    )
+    decoder = CompiledDecoder.for_mapping(mapping)
+    # 12345 * 0.01 km/h little-endian, then 0x6E * 0.5 - 40 = 15 degC.
+    frame = can.Message(arbitration_id=0x123, is_extended_id=False, data=b"\x39\x30\x6e")
+    assert dict(decoder.feed(frame) or []) == {1: pytest.approx(123.45), 19: 15.0}
+    everything = MessageDecoder(network.database).feed(frame)
+    assert everything is not None
+    assert everything[1] == {"VehicleSpeed": pytest.approx(123.45), "OutsideTemperature": 15.0}
+    assert decoder.decode(0x123, True, b"\x39\x30\x6e") is None  # an extended 0x123 is not it
