@@ -3,16 +3,18 @@
 For each real capture (the Subaru drive and the Tesla sweep, from ``tests/data/``), the
 frames are read into memory first, then timed, best of ``--repeat`` runs:
 
-* pipeline: ``CompiledDecoder.feed`` over every frame of the capture (unknown ids, error
-  and remote frames included), with the shipped mapping (``can_dbc/networks/*.yaml``);
-* the same pipeline over only the frames whose id the DBC knows (like for like with the
-  baseline), and with the unchanged-bytes skip turned off (the compiled index alone);
-* baseline: ``db.decode_message(frame_id, data)`` over only the frames whose id the DBC
-  knows (it raises on the others), i.e. cantools decoding every signal of every frame.
+* pipeline: ``CompiledDecoder.feed`` with the shipped mapping (``can_dbc/networks/*.yaml``)
+  over the frames whose id the DBC knows;
+* baseline: ``db.decode_message(frame_id, data)`` over the same frames (it raises on the
+  others), i.e. cantools decoding every signal of every frame;
+* the pipeline over the same frames with the unchanged-bytes skip turned off (the compiled
+  index alone), and over every frame of the capture (unknown ids, error and remote frames
+  included: more frames than the baseline decodes, so not like for like).
 
-The ratio is pipeline frames/s over baseline frames/s. The pipeline wins by doing less: it
-skips frames whose bytes did not change and decodes only the mapped signals (and only the
-frames that carry one); the like-for-like figures show how much each part gives. Run
+The headline ``ratio`` is pipeline frames/s over baseline frames/s on the same frames. The
+pipeline wins by doing less: it skips frames whose bytes did not change and decodes only the
+mapped signals (and only the frames that carry one); ``ratio_known_no_skip`` shows what the
+skip gives. ``ratio_all_frames`` divides the every-frame rate by the same baseline. Run
 ``python benchmarks/decode.py``; the last line is JSON and is also written to
 ``benchmarks/results/decode.json``.
 """
@@ -86,9 +88,9 @@ def measure(name: str, repeat: int) -> dict[str, Any]:
     pairs = [(msg.arbitration_id, bytes(msg.data)) for msg in known]
 
     decoder = CompiledDecoder.for_mapping(mapping)
-    pipeline = len(frames) / _best(_pipeline(decoder, frames), repeat)
-    stats = decoder.stats
+    pipeline_all = len(frames) / _best(_pipeline(decoder, frames), repeat)
     pipeline_known = len(known) / _best(_pipeline(decoder, known), repeat)
+    stats = decoder.stats
     no_skip = CompiledDecoder.for_mapping(mapping, skip_unchanged=False)
     pipeline_no_skip = len(known) / _best(_pipeline(no_skip, known), repeat)
 
@@ -104,13 +106,13 @@ def measure(name: str, repeat: int) -> dict[str, Any]:
         "known_frames": len(known),
         "mapped_signals": len(mapping.signals),
         "unchanged_skipped": stats.unchanged,
-        "pipeline_fps": round(pipeline),
         "pipeline_known_fps": round(pipeline_known),
-        "pipeline_known_no_skip_fps": round(pipeline_no_skip),
         "cantools_decode_message_fps": round(baseline),
-        "ratio": round(pipeline / baseline, 2),
-        "ratio_known": round(pipeline_known / baseline, 2),
+        "ratio": round(pipeline_known / baseline, 2),
+        "pipeline_known_no_skip_fps": round(pipeline_no_skip),
         "ratio_known_no_skip": round(pipeline_no_skip / baseline, 2),
+        "pipeline_all_frames_fps": round(pipeline_all),
+        "ratio_all_frames": round(pipeline_all / baseline, 2),
     }
 
 
@@ -125,23 +127,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         results[name] = figures
         print(
             f"{name}: {figures['frames']} frames ({figures['known_frames']} of ids the DBC "
-            f"knows, {figures['unchanged_skipped']} skipped as unchanged)"
-        )
-        print(f"  pipeline, every frame:              {figures['pipeline_fps']:>10,} frames/s")
-        print(
-            f"  pipeline, known ids only:           {figures['pipeline_known_fps']:>10,} frames/s"
+            f"knows, {figures['unchanged_skipped']} of those skipped as unchanged)"
         )
         print(
-            f"  pipeline, known ids, no skip:       "
-            f"{figures['pipeline_known_no_skip_fps']:>10,} frames/s"
+            f"  pipeline, known ids:                {figures['pipeline_known_fps']:>10,} frames/s"
         )
         print(
             f"  cantools decode_message, known ids: "
             f"{figures['cantools_decode_message_fps']:>10,} frames/s"
         )
         print(
-            f"  ratio {figures['ratio']} (like for like: {figures['ratio_known']}, "
-            f"without the skip: {figures['ratio_known_no_skip']})"
+            f"  pipeline, known ids, no skip:       "
+            f"{figures['pipeline_known_no_skip_fps']:>10,} frames/s"
+        )
+        print(
+            f"  pipeline, every frame:              "
+            f"{figures['pipeline_all_frames_fps']:>10,} frames/s"
+        )
+        print(
+            f"  ratio {figures['ratio']} (same frames; without the skip: "
+            f"{figures['ratio_known_no_skip']}; every frame against the known-id baseline: "
+            f"{figures['ratio_all_frames']})"
         )
     summary = {
         "benchmark": "decode",
