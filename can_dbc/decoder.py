@@ -27,6 +27,7 @@ frames are decoded from their first DBC-length bytes.
 from __future__ import annotations
 
 import collections
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, cast
@@ -63,7 +64,8 @@ class DecoderStats:
     ``frames`` = ``decoded + unchanged + unknown_id + errors + error_frames + remote_frames``;
     ``truncated`` counts the decoded frames that were shorter than their DBC length.
     ``error_reasons`` counts errors by reason; ``unmapped_values`` counts, per logical
-    name, raw values that its ``values`` map does not list (that signal is left out).
+    name, raw values that its ``values`` map does not list (that signal is left out);
+    ``non_finite`` counts NaN or infinite floats for integer, enum and bool signals (left out).
     """
 
     frames: int = 0
@@ -76,6 +78,7 @@ class DecoderStats:
     remote_frames: int = 0
     error_reasons: collections.Counter[str] = field(default_factory=collections.Counter)
     unmapped_values: collections.Counter[str] = field(default_factory=collections.Counter)
+    non_finite: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def as_dict(self) -> dict[str, Any]:
         """The counts as a JSON-ready dict."""
@@ -90,6 +93,7 @@ class DecoderStats:
             "remote_frames": self.remote_frames,
             "error_reasons": dict(self.error_reasons),
             "unmapped_values": dict(self.unmapped_values),
+            "non_finite": dict(self.non_finite),
         }
 
 
@@ -351,6 +355,11 @@ class CompiledDecoder:
         kind = f[14]
         if kind == _FLOAT:
             return float(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            # An IEEE float signal carrying NaN or infinity for an integer, enum or bool
+            # signal: no such value exists; the signal is left out and counted.
+            self.stats.non_finite[f[15]] += 1
+            return None
         if kind == _BOOL:
             return 1 if value else 0
         return round(value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from can_dbc.capture import read_capture
 from can_dbc.catalog import SignalType
 from can_dbc.decoder import CompiledDecoder, DecoderStats, MessageDecoder, Value
 from can_dbc.errors import MappingError
-from can_dbc.loader import load_network
+from can_dbc.loader import load_network, load_network_string
 from can_dbc.mapping import MAPPING_FORMAT, SignalMapping, load_mapping, parse_mapping
 from can_dbc.network import NETWORKS_DIR, load_car_network
 
@@ -328,3 +330,38 @@ def test_an_arxml_network_decodes_through_a_mapping() -> None:
     assert everything is not None
     assert everything[1] == {"VehicleSpeed": pytest.approx(123.45), "OutsideTemperature": 15.0}
     assert decoder.decode(0x123, True, b"\x39\x30\x6e") is None  # an extended 0x123 is not it
+
+
+FLOAT_DBC = """VERSION ""
+BS_:
+BU_: ECU
+BO_ 256 Gearbox: 8 ECU
+ SG_ GearFloat : 0|32@1- (1,0) [0|0] "" Vector__XXX
+ SG_ SpeedFloat : 32|32@1- (1,0) [0|0] "km/h" Vector__XXX
+SIG_VALTYPE_ 256 GearFloat : 1;
+SIG_VALTYPE_ 256 SpeedFloat : 1;
+"""
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_float_for_an_integer_signal_is_counted_not_fatal(bad: float) -> None:
+    network = load_network_string(FLOAT_DBC, "dbc")
+    mapping = parse_mapping(
+        {
+            "format": MAPPING_FORMAT,
+            "network": ["float.dbc"],
+            "signals": {
+                "Vehicle.Powertrain.Transmission.CurrentGear": {
+                    "message": "Gearbox",
+                    "signal": "GearFloat",
+                },
+                "Vehicle.Speed": {"message": "Gearbox", "signal": "SpeedFloat"},
+            },
+        },
+        network=network,
+    )
+    decoder = CompiledDecoder.for_mapping(mapping)
+    data = struct.pack("<ff", bad, 42.5)
+    assert decoder.decode(256, False, data) == [(1, 42.5)]  # the gear is left out
+    assert decoder.stats.non_finite == {"Vehicle.Powertrain.Transmission.CurrentGear": 1}
+    assert decoder.decode(256, False, struct.pack("<ff", 3.0, bad)) is not None  # floats pass
