@@ -235,6 +235,7 @@ def test_unknown_ids_error_and_remote_frames_are_counted_apart() -> None:
         "remote_frames": 1,
         "error_reasons": {},
         "unmapped_values": {},
+        "non_finite": {},
     }
 
 
