@@ -165,7 +165,8 @@ def _print_counters(box: Tcu, gnss: GnssReader | None) -> None:
         f"frames {box.stats.frames}, decoded {d.decoded}, unchanged {d.unchanged}, "
         f"unknown id {d.unknown_id}, errors {d.errors}, truncated {d.truncated}, "
         f"error frames {d.error_frames}, remote frames {d.remote_frames}, "
-        f"bus errors {box.stats.bus_errors}"
+        f"bus errors {box.stats.bus_errors}, unmapped values {sum(d.unmapped_values.values())}, "
+        f"non-finite values {sum(d.non_finite.values())}"
     )
     if gnss is not None:
         g = gnss.stats
