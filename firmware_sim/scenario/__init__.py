@@ -1,0 +1,1 @@
+"""Scenarios: scripted drives with faults and expectations, their records and reports."""
