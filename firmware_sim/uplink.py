@@ -73,6 +73,8 @@ class MqttUplink:
         # Requests to the network thread: an upload to publish, or None to recall them all.
         self._requests: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
         self._graceful = True
+        self._link = threading.Event()  # cleared: the network is gone (link loss)
+        self._link.set()
         self._acked: collections.deque[int] = collections.deque()  # filled by the network thread
         self._mid_to_seq: dict[int, int] = {}  # network thread only
         self._in_flight: set[int] = set()  # box thread only
@@ -164,6 +166,10 @@ class MqttUplink:
         delays = backoff_delays(cfg.reconnect_min_s, cfg.reconnect_max_s, self._random)
         first = True
         while not self._stop.is_set():
+            if not self._link.is_set():  # no network at all (a tunnel): wait for it
+                self._serve_requests()
+                self._link.wait(0.05)
+                continue
             try:
                 if first:
                     self._client.connect(cfg.broker.host, cfg.broker.port, cfg.keepalive_s)
@@ -177,17 +183,22 @@ class MqttUplink:
                 self._serve_requests()  # queued uploads wait in paho for the connection
                 self._stop.wait(delay)
                 continue
+            was_connected = False
             while not self._stop.is_set():
+                if not self._link.is_set():
+                    self._close_sockets(self._client, keep_pair=True)  # gone, no goodbye
+                    break
                 if self._serve_requests():
                     first = True  # recalled: the fresh client connects anew
                     break
                 rc = self._client.loop(timeout=0.005)
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
-                if self._connected.is_set():
+                if not was_connected and self._connected.is_set():
+                    was_connected = True
                     delays = backoff_delays(cfg.reconnect_min_s, cfg.reconnect_max_s, self._random)
             self._connected.clear()
-            if not self._stop.is_set() and not first:
+            if not self._stop.is_set() and not first and self._link.is_set():
                 self._stop.wait(next(delays))
         self._finish()
 
@@ -234,10 +245,12 @@ class MqttUplink:
         self._close_sockets(client)
 
     @staticmethod
-    def _close_sockets(client: mqtt.Client) -> None:
+    def _close_sockets(client: mqtt.Client, *, keep_pair: bool = False) -> None:
         sock = client.socket()
         if sock is not None:
             sock.close()
+        if keep_pair:
+            return
         # paho keeps a socket pair to wake its loop; a discarded client must not leak it.
         for name in ("_sockpairR", "_sockpairW"):
             pair_end = getattr(client, name, None)
@@ -320,6 +333,15 @@ class MqttUplink:
         self._requests.put((seq, payload))
         self.published += 1
         self.bytes_sent += len(payload)
+
+    def link_down(self) -> None:
+        """The network goes away (a tunnel, no coverage): the connection drops without a
+        goodbye, so the broker publishes the last will; uploads wait until :meth:`link_up`."""
+        self._link.clear()
+
+    def link_up(self) -> None:
+        """The network is back: the uplink reconnects on its own."""
+        self._link.set()
 
     def recall(self) -> None:
         """Forget every upload handed over and not yet acknowledged; hand them over again."""

@@ -144,3 +144,22 @@ def test_a_bad_broker_url_is_named_without_its_password(url: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_broker_url(url)
     assert "hunter2" not in str(info.value) and "box:***@" in str(info.value)
+
+
+def test_a_link_loss_drops_the_connection_and_the_uplink_comes_back(
+    broker: object, mqtt_client: Callable[..., object]
+) -> None:
+    vin = "VR3UHZKXZHT000205"
+    watcher = mqtt_client(broker, "presence-link").connect()  # type: ignore[attr-defined]
+    watcher.subscribe(presence_topic(PREFIX, vin))
+    with MqttUplink(config(broker.url), vin) as uplink:  # type: ignore[attr-defined]
+        assert uplink.wait_connected(WAIT)
+        assert json.loads(watcher.get()[0].payload)["state"] == "online"
+        uplink.link_down()
+        assert json.loads(watcher.get()[0].payload)["state"] == "offline"  # the last will
+        uplink.publish(0, b"in the tunnel")
+        assert wait_for(lambda: not uplink.connected)
+        assert uplink.take_acked() == []
+        uplink.link_up()
+        assert acked_all(uplink, {0}) == {0}
+        assert json.loads(watcher.get()[0].payload)["state"] == "online"
