@@ -1,0 +1,577 @@
+"""The scenario language: a vehicle, a route, a timeline of actions, faults and expectations.
+
+A scenario is a YAML file (``format: tcusim-scenario/1``) or the same structure built in
+Python. Every fault in a file is reported with the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from can_dbc.catalog import default_catalog
+from can_dbc.errors import MappingError
+from firmware_sim.config import TcuConfig
+from firmware_sim.errors import ConfigError
+from firmware_sim.payload import Privacy, Trigger
+from firmware_sim.scenario.yamlpos import PosDict, PosList, ScenarioError, load_yaml
+from firmware_sim.sim.drive import Route
+from firmware_sim.sim.physics import Energy
+
+__all__ = [
+    "FORMAT",
+    "Action",
+    "Expectation",
+    "Fault",
+    "Scenario",
+    "ScenarioError",
+    "load_scenario",
+    "parse_duration",
+    "parse_scenario",
+]
+
+FORMAT = "tcusim-scenario/1"
+DEFAULT_START = "2026-01-05T07:30:00Z"
+
+_DURATION = re.compile(
+    r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?!s))?\s*"
+    r"(?:(\d+(?:\.\d+)?)s)?\s*(?:(\d+)ms)?\s*$"
+)
+
+ALERTS = {
+    "engine_fault": "Vehicle.Alert.EngineFault",
+    "oil_pressure": "Vehicle.Alert.OilPressure",
+    "coolant_temperature": "Vehicle.Alert.CoolantTemperature",
+    "brake_fault": "Vehicle.Alert.BrakeFault",
+    "battery_charge": "Vehicle.Alert.BatteryCharge",
+    "low_fuel": "Vehicle.Alert.LowFuel",
+    "tire_pressure": "Vehicle.Alert.TirePressure",
+}
+DOORS = {
+    "driver": "Vehicle.Cabin.Door.Row1.DriverSide.IsOpen",
+    "passenger": "Vehicle.Cabin.Door.Row1.PassengerSide.IsOpen",
+    "rear_left": "Vehicle.Cabin.Door.Row2.DriverSide.IsOpen",
+    "rear_right": "Vehicle.Cabin.Door.Row2.PassengerSide.IsOpen",
+    "trunk": "Vehicle.Body.Trunk.Rear.IsOpen",
+}
+LOCKS = {"unlocked": 0, "locked": 1, "superlocked": 2}
+IGNITION = {"off": 0, "accessory": 1, "on": 2, "start": 3}
+PRIVACY = {"none": Privacy.NONE, "geolocation": Privacy.GEOLOCATION, "full": Privacy.FULL}
+PRECONDITIONING = {"off": 0, "on": 1}
+FAULTS = ("broker_outage", "link_loss", "power_cut", "can_silence", "bus_off", "gnss_loss")
+TRIGGERS = {t.name.lower(): t for t in Trigger}
+
+
+def parse_duration(value: object) -> int:
+    """Milliseconds from seconds (``90``, ``1.5``) or text (``"30s"``, ``"1h30m"``, ``"9ms"``)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{value!r} is not a duration")
+        return round(value * 1000)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m and any(m.groups()):
+            h, mins, secs, ms = (float(g) if g else 0.0 for g in m.groups())
+            return round(((h * 60 + mins) * 60 + secs) * 1000 + ms)
+    raise ValueError(f"{value!r} is not a duration (say 90, 30s, 5m, 1h30m or 250ms)")
+
+
+@dataclass(frozen=True)
+class Action:
+    """What the driver or the car does at ``at_ms`` after the start."""
+
+    at_ms: int
+    kind: str  # ignition | drive | door | lock | plug | charge | privacy | crash | alert |
+    #            low_battery | refuel | precondition
+    value: Any
+    line: int | None = None
+
+    def describe(self) -> str:
+        """A short human description."""
+        return f"{self.kind} {self.value}" if self.kind != "drive" else "drive"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Something going wrong from ``at_ms`` for ``duration_ms``."""
+
+    at_ms: int
+    kind: str  # one of FAULTS
+    duration_ms: int
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """A check made on the run; ``kind`` names it, ``params`` are its arguments."""
+
+    kind: str
+    params: Mapping[str, Any]
+    line: int | None = None
+
+    @property
+    def name(self) -> str:
+        """How the summary names it."""
+        args = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.kind}({args})" if args else self.kind
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A whole scenario."""
+
+    name: str
+    config: TcuConfig
+    energy: Energy
+    route: Route
+    duration_ms: int
+    seed: int = 0
+    start_ms: int = 0
+    privacy: Privacy = Privacy.NONE
+    bus_load: float = 0.0
+    actions: tuple[Action, ...] = ()
+    faults: tuple[Fault, ...] = ()
+    expectations: tuple[Expectation, ...] = ()
+    source: str = "<scenario>"
+    speed_profile: tuple[tuple[int, float], ...] = field(default=())  # absolute (ms, km/h)
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+class _Ctx:
+    def __init__(self, source: str, base: Path | None) -> None:
+        self.source = source
+        self.base = base
+
+    def fail(self, line: int | None, field_: str, message: str) -> ScenarioError:
+        return ScenarioError(self.source, line, field_, message)
+
+    def mapping(self, value: Any, line: int | None, field_: str, allowed: set[str]) -> PosDict:
+        if not isinstance(value, PosDict):
+            raise self.fail(line, field_, f"expected a mapping, got {_kind(value)}")
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            key = unknown[0]
+            raise self.fail(
+                value.key_lines[key], f"{field_}.{key}" if field_ else key,
+                f"unknown field (known: {', '.join(sorted(allowed))})",
+            )  # fmt: skip
+        return value
+
+    def duration(self, value: Any, line: int | None, field_: str) -> int:
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise self.fail(line, field_, str(exc)) from None
+
+    def choice(self, value: Any, line: int | None, field_: str, choices: Mapping[str, Any]) -> Any:
+        key = value if isinstance(value, str) else _yaml_word(value)
+        if key is None or key not in choices:
+            raise self.fail(line, field_, f"{value!r} is not one of {', '.join(choices)}")
+        return choices[key]
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, PosDict):
+        return "a mapping"
+    if isinstance(value, PosList):
+        return "a list"
+    return repr(value)
+
+
+def _yaml_word(value: Any) -> str | None:
+    """YAML 1.1 reads on/off/yes/no as booleans: take them back as words."""
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    return None
+
+
+def _line(d: PosDict, key: str) -> int:
+    return d.key_lines.get(key, d.line)
+
+
+def parse_scenario(document: Any, source: str = "<scenario>", base: Path | None = None) -> Scenario:
+    """Build a :class:`Scenario` from a parsed document (``load_yaml`` keeps line numbers)."""
+    ctx = _Ctx(source, base)
+    top = ctx.mapping(
+        document, 1, "",
+        {"format", "name", "seed", "start", "vehicle", "route", "duration", "timeline",
+         "faults", "expect"},
+    )  # fmt: skip
+    if top.get("format") != FORMAT:
+        raise ctx.fail(_line(top, "format"), "format", f"must be {FORMAT!r}")
+    for key in ("name", "vehicle", "route", "duration"):
+        if key not in top:
+            raise ctx.fail(top.line, key, "missing")
+    name = top["name"]
+    if not isinstance(name, str) or not name.strip():
+        raise ctx.fail(_line(top, "name"), "name", "must be a non-empty text")
+    seed = top.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ctx.fail(_line(top, "seed"), "seed", "must be a non-negative integer")
+    start_ms = _parse_start(ctx, top.get("start", DEFAULT_START), _line(top, "start"))
+    duration_ms = ctx.duration(top["duration"], _line(top, "duration"), "duration")
+    if not 10_000 <= duration_ms <= 7 * 86_400_000:
+        raise ctx.fail(_line(top, "duration"), "duration", "must be between 10 s and 7 days")
+    config, energy, privacy, bus_load = _parse_vehicle(ctx, top["vehicle"], _line(top, "vehicle"))
+    route = _parse_route(ctx, top["route"], _line(top, "route"))
+    actions, profile = _parse_timeline(ctx, top.get("timeline", PosList()), duration_ms)
+    faults = _parse_faults(ctx, top.get("faults", PosList()), duration_ms)
+    expectations = _parse_expectations(ctx, top.get("expect", PosList()))
+    return Scenario(
+        name=name.strip(), config=config, energy=energy, route=route, duration_ms=duration_ms,
+        seed=seed, start_ms=start_ms, privacy=privacy, bus_load=bus_load, actions=actions,
+        faults=faults, expectations=expectations, source=source, speed_profile=profile,
+    )  # fmt: skip
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Load a scenario YAML file; every fault names the file, line and field."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(str(p), None, "", f"cannot read: {exc}") from exc
+    return parse_scenario(load_yaml(text, str(p)), str(p), p.parent)
+
+
+def _parse_start(ctx: _Ctx, value: Any, line: int) -> int:
+    if isinstance(value, dt.datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    elif isinstance(value, str):
+        try:
+            moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ctx.fail(line, "start", f"{value!r} is not an RFC 3339 time") from None
+        if moment.tzinfo is None:
+            raise ctx.fail(line, "start", "needs a time zone (say Z for UTC)")
+    else:
+        raise ctx.fail(line, "start", f"{value!r} is not an RFC 3339 time")
+    return int(moment.timestamp() * 1000)
+
+
+def _parse_vehicle(ctx: _Ctx, value: Any, line: int) -> tuple[TcuConfig, Energy, Privacy, float]:
+    v = ctx.mapping(
+        value, line, "vehicle",
+        {"vin", "model_year", "energy", "services", "privacy", "queue_max_entries", "bus_load"},
+    )  # fmt: skip
+    if "vin" not in v:
+        raise ctx.fail(v.line, "vehicle.vin", "missing")
+    energy = ctx.choice(
+        v.get("energy", "fuel"), _line(v, "energy"), "vehicle.energy",
+        {e.value: e for e in Energy},
+    )  # fmt: skip
+    privacy = ctx.choice(v.get("privacy", "none"), _line(v, "privacy"), "vehicle.privacy", PRIVACY)
+    bus_load = v.get("bus_load", 0.0)
+    if isinstance(bus_load, bool) or not isinstance(bus_load, int | float) or not 0 <= bus_load < 1:
+        raise ctx.fail(_line(v, "bus_load"), "vehicle.bus_load", "must be a fraction in 0..1")
+    settings = {k: v[k] for k in ("vin", "model_year", "services", "queue_max_entries") if k in v}
+    try:
+        config = TcuConfig.from_mapping(settings)
+    except ConfigError as exc:
+        bad = next((k for k in ("vin", "model_year", "queue_max_entries") if k in str(exc)), "vin")
+        raise ctx.fail(_line(v, bad), f"vehicle.{bad}", str(exc)) from None
+    try:
+        default_catalog().scopes_of(config.services)
+    except MappingError as exc:
+        raise ctx.fail(_line(v, "services"), "vehicle.services", str(exc)) from None
+    return config, energy, privacy, float(bus_load)
+
+
+def _points(ctx: _Ctx, raw: Any, line: int, field_: str) -> list[tuple[float, float]]:
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise ctx.fail(line, field_, "needs at least two points")
+    points = []
+    for i, p in enumerate(raw):
+        item_line = raw.item_lines[i] if isinstance(raw, PosList) else line
+        if (
+            not isinstance(p, list) or len(p) != 2
+            or not all(isinstance(c, int | float) and not isinstance(c, bool) for c in p)
+        ):  # fmt: skip
+            raise ctx.fail(item_line, f"{field_}[{i}]", "must be [latitude, longitude]")
+        lat, lon = float(p[0]), float(p[1])
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+            raise ctx.fail(item_line, f"{field_}[{i}]", f"({lat}, {lon}) is not a position")
+        points.append((lat, lon))
+    return points
+
+
+def _parse_route(ctx: _Ctx, value: Any, line: int) -> Route:
+    r = ctx.mapping(value, line, "route", {"waypoints", "gpx", "geojson", "altitude"})
+    given = [k for k in ("waypoints", "gpx", "geojson") if k in r]
+    if len(given) != 1:
+        raise ctx.fail(r.line, "route", "give exactly one of waypoints, gpx, geojson")
+    kind = given[0]
+    kline = _line(r, kind)
+    if kind == "waypoints":
+        points = _points(ctx, r[kind], kline, "route.waypoints")
+    else:
+        if not isinstance(r[kind], str):
+            raise ctx.fail(kline, f"route.{kind}", "must be a file name")
+        path = (ctx.base or Path(".")) / r[kind]
+        reader = _read_gpx if kind == "gpx" else _read_geojson
+        try:
+            points = reader(path)
+        except (OSError, ValueError, ET.ParseError) as exc:
+            raise ctx.fail(kline, f"route.{kind}", f"{path}: {exc}") from None
+    altitude = r.get("altitude", 40.0)
+    if isinstance(altitude, bool) or not isinstance(altitude, int | float):
+        raise ctx.fail(_line(r, "altitude"), "route.altitude", "must be metres")
+    return Route(tuple(points), float(altitude))
+
+
+def _read_gpx(path: Path) -> list[tuple[float, float]]:
+    """Track, route or way points of a GPX 1.0/1.1 file, in that order of preference."""
+    root = ET.parse(path).getroot()
+    ns = root.tag.partition("}")[0] + "}" if root.tag.startswith("{") else ""
+    for tag in ("trkpt", "rtept", "wpt"):
+        found = root.iter(f"{ns}{tag}")
+        points = [(float(p.attrib["lat"]), float(p.attrib["lon"])) for p in found]
+        if len(points) >= 2:
+            return points
+    raise ValueError("no track, route or way points (at least two)")
+
+
+def _read_geojson(path: Path) -> list[tuple[float, float]]:
+    """The first LineString of a GeoJSON file (a geometry, Feature or FeatureCollection)."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    stack = [doc]
+    while stack:
+        item = stack.pop(0)
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "LineString":
+            coords = item.get("coordinates")
+            if not isinstance(coords, list) or len(coords) < 2:
+                raise ValueError("a LineString needs at least two positions")
+            return [(float(c[1]), float(c[0])) for c in coords]  # GeoJSON is [lon, lat]
+        if item.get("type") == "Feature":
+            stack.append(item.get("geometry"))
+        elif item.get("type") == "FeatureCollection":
+            stack.extend(item.get("features") or [])
+    raise ValueError("no LineString in it")
+
+
+_ACTION_KEYS = {
+    "ignition", "drive", "stop", "door", "lock", "plug", "charge", "privacy", "crash",
+    "alert", "low_battery", "refuel", "precondition",
+}  # fmt: skip
+
+
+def _parse_timeline(
+    ctx: _Ctx, value: Any, duration_ms: int
+) -> tuple[tuple[Action, ...], tuple[tuple[int, float], ...]]:
+    if not isinstance(value, PosList):
+        raise ctx.fail(getattr(value, "line", None), "timeline", "must be a list of actions")
+    actions: list[Action] = []
+    profile: list[tuple[int, float]] = [(0, 0.0)]
+    for i, item in enumerate(value):
+        where = f"timeline[{i}]"
+        entry = ctx.mapping(item, value.item_lines[i], where, _ACTION_KEYS | {"at"})
+        if "at" not in entry:
+            raise ctx.fail(entry.line, f"{where}.at", "missing")
+        at = ctx.duration(entry["at"], _line(entry, "at"), f"{where}.at")
+        if at > duration_ms:
+            raise ctx.fail(_line(entry, "at"), f"{where}.at", "is after the end of the scenario")
+        kinds = [k for k in entry if k != "at"]
+        if len(kinds) != 1:
+            known = ", ".join(sorted(_ACTION_KEYS))
+            raise ctx.fail(entry.line, where, f"give one action (one of {known})")
+        kind = kinds[0]
+        raw, line = entry[kind], _line(entry, kind)
+        field_ = f"{where}.{kind}"
+        parsed = _parse_action(ctx, kind, raw, line, field_, at=at, profile=profile)
+        if parsed is not None:
+            actions.append(Action(at, kind, parsed, line))
+    times = [t for t, _ in profile]
+    if times != sorted(times):
+        raise ctx.fail(value.line, "timeline", "drive and stop actions must come in time order")
+    return tuple(sorted(actions, key=lambda a: a.at_ms)), tuple(profile)
+
+
+def _parse_action(
+    ctx: _Ctx,
+    kind: str,
+    raw: Any,
+    line: int,
+    field_: str,
+    *,
+    at: int,
+    profile: list[tuple[int, float]],
+) -> Any:
+    if kind == "ignition":
+        return ctx.choice(raw, line, field_, IGNITION)
+    if kind == "lock":
+        return ctx.choice(raw, line, field_, LOCKS)
+    if kind == "privacy":
+        return ctx.choice(raw, line, field_, PRIVACY)
+    if kind == "precondition":
+        return ctx.choice(raw, line, field_, PRECONDITIONING)
+    if kind == "plug":
+        return ctx.choice(raw, line, field_, {"in": True, "out": False})
+    if kind == "charge":
+        return ctx.choice(raw, line, field_, {"start": True, "stop": False})
+    if kind in ("crash", "low_battery"):
+        if raw is not True:
+            raise ctx.fail(line, field_, "write true")
+        return True
+    if kind == "refuel":
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 < raw <= 100:
+            raise ctx.fail(line, field_, "the level to fill to, in percent (1..100)")
+        return float(raw)
+    if kind == "door":
+        d = ctx.mapping(raw, line, field_, set(DOORS))
+        return {
+            DOORS[k]: ctx.choice(v, _line(d, k), f"{field_}.{k}", {"open": 1, "closed": 0})
+            for k, v in d.items()
+        }
+    if kind == "alert":
+        d = ctx.mapping(raw, line, field_, {"name", "on"})
+        if "name" not in d:
+            raise ctx.fail(d.line, f"{field_}.name", "missing")
+        signal = ctx.choice(d["name"], _line(d, "name"), f"{field_}.name", ALERTS)
+        on = d.get("on", True)
+        if not isinstance(on, bool):
+            raise ctx.fail(_line(d, "on"), f"{field_}.on", "must be true or false")
+        return (signal, on)
+    if kind == "stop":
+        duration = ctx.duration(raw, line, field_)
+        profile.extend([(at, 0.0), (at + duration, 0.0)])
+        return None
+    # drive: {speeds: [[t, kmh], ...]} with times relative to the action, or {speed, for}
+    d = ctx.mapping(raw, line, field_, {"speeds", "speed", "for"})
+    if "speeds" in d:
+        speeds = d["speeds"]
+        if not isinstance(speeds, PosList) or not speeds:
+            raise ctx.fail(_line(d, "speeds"), f"{field_}.speeds", "a list of [time, km/h]")
+        for j, pair in enumerate(speeds):
+            pline = speeds.item_lines[j]
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise ctx.fail(pline, f"{field_}.speeds[{j}]", "must be [time, km/h]")
+            t = ctx.duration(pair[0], pline, f"{field_}.speeds[{j}]")
+            v = pair[1]
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 300:
+                raise ctx.fail(pline, f"{field_}.speeds[{j}]", "speed must be 0..300 km/h")
+            profile.append((at + t, float(v)))
+        return None
+    if "speed" not in d or "for" not in d:
+        raise ctx.fail(d.line, field_, "give speeds: [[time, km/h], ...] or speed and for")
+    v = d["speed"]
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 300:
+        raise ctx.fail(_line(d, "speed"), f"{field_}.speed", "must be 0..300 km/h")
+    for_ms = ctx.duration(d["for"], _line(d, "for"), f"{field_}.for")
+    ramp = min(20_000, for_ms // 4)
+    profile.extend(
+        [(at, 0.0), (at + ramp, float(v)), (at + for_ms - ramp, float(v)), (at + for_ms, 0.0)]
+    )
+    return None
+
+
+def _parse_faults(ctx: _Ctx, value: Any, duration_ms: int) -> tuple[Fault, ...]:
+    if not isinstance(value, PosList):
+        raise ctx.fail(getattr(value, "line", None), "faults", "must be a list of faults")
+    faults = []
+    for i, item in enumerate(value):
+        where = f"faults[{i}]"
+        entry = ctx.mapping(item, value.item_lines[i], where, set(FAULTS) | {"at"})
+        if "at" not in entry:
+            raise ctx.fail(entry.line, f"{where}.at", "missing")
+        at = ctx.duration(entry["at"], _line(entry, "at"), f"{where}.at")
+        kinds = [k for k in entry if k != "at"]
+        if len(kinds) != 1:
+            raise ctx.fail(entry.line, where, f"give one fault (one of {', '.join(FAULTS)})")
+        kind = kinds[0]
+        duration = ctx.duration(entry[kind], _line(entry, kind), f"{where}.{kind}")
+        if duration <= 0 or at + duration > duration_ms:
+            raise ctx.fail(
+                _line(entry, kind),
+                f"{where}.{kind}",
+                "must last more than 0 and end before the scenario does",
+            )
+        faults.append(Fault(at, kind, duration, _line(entry, kind)))
+    return tuple(sorted(faults, key=lambda f: f.at_ms))
+
+
+# Each expectation: its parameters and a checker of them (ctx, params, line, field) -> params.
+_ExpectParser = Callable[[_Ctx, PosDict, int, str], dict[str, Any]]
+
+
+def _upload_params(ctx: _Ctx, d: PosDict, line: int, field_: str) -> dict[str, Any]:
+    ctx.mapping(d, line, field_, {"trigger", "after", "within"})
+    if "trigger" not in d:
+        raise ctx.fail(d.line, f"{field_}.trigger", "missing")
+    trigger = ctx.choice(d["trigger"], _line(d, "trigger"), f"{field_}.trigger", TRIGGERS)
+    after = ctx.duration(d.get("after", 0), _line(d, "after"), f"{field_}.after")
+    within = ctx.duration(d.get("within", "2s"), _line(d, "within"), f"{field_}.within")
+    return {"trigger": trigger.name.lower(), "after_ms": after, "within_ms": within}
+
+
+def _count_params(ctx: _Ctx, d: PosDict, line: int, field_: str, extra: set[str]) -> dict[str, Any]:
+    ctx.mapping(d, line, field_, {"min", "max"} | extra)
+    out: dict[str, Any] = {}
+    for key in ("min", "max"):
+        if key in d:
+            n = d[key]
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise ctx.fail(_line(d, key), f"{field_}.{key}", "must be a whole number >= 0")
+            out[key] = n
+    if not out:
+        raise ctx.fail(d.line, field_, "give min, max or both")
+    return out
+
+
+def _parse_expectations(ctx: _Ctx, value: Any) -> tuple[Expectation, ...]:
+    if not isinstance(value, PosList):
+        raise ctx.fail(getattr(value, "line", None), "expect", "must be a list of expectations")
+    out = []
+    kinds = {"upload", "uploads", "no_position_while_private", "trip_km", "gateway_samples",
+             "no_sample_lost", "evicted", "rejected"}  # fmt: skip
+    for i, item in enumerate(value):
+        where = f"expect[{i}]"
+        entry = ctx.mapping(item, value.item_lines[i], where, kinds)
+        if len(entry) != 1:
+            known = ", ".join(sorted(kinds))
+            raise ctx.fail(entry.line, where, f"give one expectation (one of {known})")
+        kind = next(iter(entry))
+        raw, line = entry[kind], _line(entry, kind)
+        field_ = f"{where}.{kind}"
+        params: dict[str, Any]
+        if kind == "upload":
+            params = _upload_params(ctx, raw, line, field_)
+        elif kind == "uploads":
+            params = _count_params(ctx, raw, line, field_, {"trigger"})
+            if "trigger" in raw:
+                t = ctx.choice(raw["trigger"], _line(raw, "trigger"), f"{field_}.trigger", TRIGGERS)
+                params["trigger"] = t.name.lower()
+        elif kind in ("gateway_samples", "evicted", "rejected"):
+            params = _count_params(ctx, raw, line, field_, set())
+        elif kind == "trip_km":
+            d = ctx.mapping(raw, line, field_, {"about", "tolerance"})
+            about = d.get("about")
+            if isinstance(about, bool) or not isinstance(about, int | float) or about < 0:
+                raise ctx.fail(_line(d, "about"), f"{field_}.about", "the distance in km")
+            tol = d.get("tolerance", "10%")
+            m = re.fullmatch(r"(\d+(?:\.\d+)?)%", str(tol))
+            if not m:
+                raise ctx.fail(
+                    _line(d, "tolerance"), f"{field_}.tolerance", "a percentage, say 10%"
+                )
+            params = {"about": float(about), "tolerance_pct": float(m.group(1))}
+        else:  # no_position_while_private, no_sample_lost
+            if raw is not True:
+                raise ctx.fail(line, field_, "write true")
+            params = {}
+        out.append(Expectation(kind, params, line))
+    return tuple(out)
