@@ -692,7 +692,7 @@ class SqliteStore(Store):
         if too_big:
             return self._reject(conn, m, "out_of_range", too_big, uplink.seq)
         row = conn.execute(
-            "SELECT raw, boot, base_time_ms FROM payloads WHERE vin = ? AND seq = ?",
+            "SELECT raw, boot, base_time_ms, privacy FROM payloads WHERE vin = ? AND seq = ?",
             (m.vin, uplink.seq),
         ).fetchone()
         if row is not None:
@@ -703,7 +703,9 @@ class SqliteStore(Store):
                     (m.received_at_ms, m.vin),
                 )
                 return IngestResult(Outcome.DUPLICATE, m.vin, uplink.seq)
-            return self._conflict(conn, m, uplink, int(row[1]), int(row[2]))
+            return self._conflict(
+                conn, m, uplink, boot=int(row[1]), base_time_ms=int(row[2]), privacy=int(row[3])
+            )
         n_samples = self._store_uplink(conn, m, uplink)
         return IngestResult(Outcome.ACCEPTED, m.vin, uplink.seq, n_samples=n_samples)
 
@@ -718,17 +720,27 @@ class SqliteStore(Store):
         return ""
 
     def _conflict(
-        self, conn: sqlite3.Connection, m: Message, uplink: Uplink, boot: int, base_time_ms: int
+        self,
+        conn: sqlite3.Connection,
+        m: Message,
+        uplink: Uplink,
+        *,
+        boot: int,
+        base_time_ms: int,
+        privacy: int,
     ) -> IngestResult:
         """Reject a payload whose sequence number is stored with other bytes, saying why.
 
         A box with its flash fixes an upload's bytes when it packs it and rewrites a queued
-        one only to strip series when the privacy tightens, keeping its boot and base time.
-        Another boot or base time for a stored sequence number therefore means the box's
-        counters restarted: its flash was wiped or replaced (``box_reset``).
+        one only when the privacy tightens: it strips series and keeps its boot (under Full
+        it also drops the upload's time). A rewrite of a stored upload, the same boot with
+        the same base time or a stricter privacy, is a ``seq_conflict``; another boot or base
+        time otherwise means the box's counters restarted: its flash was wiped or replaced
+        (``box_reset``).
         """
         seq = uplink.seq
-        if (uplink.boot, uplink.base_time_ms) == (boot, base_time_ms):
+        same_upload = uplink.base_time_ms == base_time_ms or int(uplink.privacy) > privacy
+        if uplink.boot == boot and same_upload:
             detail = f"sequence number {seq} already stored with other content"
             return self._reject(conn, m, "seq_conflict", detail, seq)
         detail = (

@@ -392,6 +392,9 @@ def test_a_rewrite_of_the_same_upload_is_a_seq_conflict_not_a_reset() -> None:
         store.ingest(VINS[0], uplink(seq=5, series=series, boot=3), 1)
         stricter = uplink(seq=5, series=series[:1], boot=3, privacy=Privacy.GEOLOCATION)
         assert store.ingest(VINS[0], stricter, 2).reason == "seq_conflict"
+        # Under Full the rewrite also loses the upload's time: still the same upload.
+        emptied = uplink(seq=5, series=(), boot=3, privacy=Privacy.FULL, base=999)
+        assert store.ingest(VINS[0], emptied, 3).reason == "seq_conflict"
         vehicle = store.vehicle(VINS[0])
         assert vehicle is not None and vehicle.reset_uploads == 0
         status = store.status(VINS[0])
@@ -634,7 +637,9 @@ def test_any_sequence_of_payloads_keeps_counts_consistent(
                 duplicates += 1
                 outcomes.append(Outcome.DUPLICATE)
                 continue
-            same_run = (first.boot, first.base_time_ms) == (u.boot, u.base_time_ms)
+            same_run = first.boot == u.boot and (
+                first.base_time_ms == u.base_time_ms or u.privacy > first.privacy
+            )
             reason = "seq_conflict" if same_run else "box_reset"
         else:
             stored[(vin, u.seq)], raws[(vin, u.seq)] = u, raw
