@@ -163,9 +163,10 @@ class _Ctx:
         if unknown:
             key = unknown[0]
             raise self.fail(
-                value.key_lines[key], f"{field_}.{key}" if field_ else key,
+                value.key_lines[key],
+                f"{field_}.{key}" if field_ else key,
                 f"unknown field (known: {', '.join(sorted(allowed))})",
-            )  # fmt: skip
+            )
         return value
 
     def duration(self, value: Any, line: int | None, field_: str) -> int:
@@ -206,10 +207,22 @@ def parse_scenario(document: Any, source: str = "<scenario>", base: Path | None 
     """Build a :class:`Scenario` from a parsed document (``load_yaml`` keeps line numbers)."""
     ctx = _Ctx(source, base)
     top = ctx.mapping(
-        document, 1, "",
-        {"format", "name", "seed", "start", "vehicle", "route", "duration", "timeline",
-         "faults", "expect"},
-    )  # fmt: skip
+        document,
+        1,
+        "",
+        {
+            "format",
+            "name",
+            "seed",
+            "start",
+            "vehicle",
+            "route",
+            "duration",
+            "timeline",
+            "faults",
+            "expect",
+        },
+    )
     if top.get("format") != FORMAT:
         raise ctx.fail(_line(top, "format"), "format", f"must be {FORMAT!r}")
     for key in ("name", "vehicle", "route", "duration"):
@@ -231,10 +244,21 @@ def parse_scenario(document: Any, source: str = "<scenario>", base: Path | None 
     faults = _parse_faults(ctx, top.get("faults", PosList()), duration_ms)
     expectations = _parse_expectations(ctx, top.get("expect", PosList()))
     return Scenario(
-        name=name.strip(), config=config, energy=energy, route=route, duration_ms=duration_ms,
-        seed=seed, start_ms=start_ms, privacy=privacy, bus_load=bus_load, actions=actions,
-        faults=faults, expectations=expectations, source=source, speed_profile=profile,
-    )  # fmt: skip
+        name=name.strip(),
+        config=config,
+        energy=energy,
+        route=route,
+        duration_ms=duration_ms,
+        seed=seed,
+        start_ms=start_ms,
+        privacy=privacy,
+        bus_load=bus_load,
+        actions=actions,
+        faults=faults,
+        expectations=expectations,
+        source=source,
+        speed_profile=profile,
+    )
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -264,15 +288,19 @@ def _parse_start(ctx: _Ctx, value: Any, line: int) -> int:
 
 def _parse_vehicle(ctx: _Ctx, value: Any, line: int) -> tuple[TcuConfig, Energy, Privacy, float]:
     v = ctx.mapping(
-        value, line, "vehicle",
+        value,
+        line,
+        "vehicle",
         {"vin", "model_year", "energy", "services", "privacy", "queue_max_entries", "bus_load"},
-    )  # fmt: skip
+    )
     if "vin" not in v:
         raise ctx.fail(v.line, "vehicle.vin", "missing")
     energy = ctx.choice(
-        v.get("energy", "fuel"), _line(v, "energy"), "vehicle.energy",
+        v.get("energy", "fuel"),
+        _line(v, "energy"),
+        "vehicle.energy",
         {e.value: e for e in Energy},
-    )  # fmt: skip
+    )
     privacy = ctx.choice(v.get("privacy", "none"), _line(v, "privacy"), "vehicle.privacy", PRIVACY)
     bus_load = v.get("bus_load", 0.0)
     if isinstance(bus_load, bool) or not isinstance(bus_load, int | float) or not 0 <= bus_load < 1:
@@ -297,9 +325,10 @@ def _points(ctx: _Ctx, raw: Any, line: int, field_: str) -> list[tuple[float, fl
     for i, p in enumerate(raw):
         item_line = raw.item_lines[i] if isinstance(raw, PosList) else line
         if (
-            not isinstance(p, list) or len(p) != 2
+            not isinstance(p, list)
+            or len(p) != 2
             or not all(isinstance(c, int | float) and not isinstance(c, bool) for c in p)
-        ):  # fmt: skip
+        ):
             raise ctx.fail(item_line, f"{field_}[{i}]", "must be [latitude, longitude]")
         lat, lon = float(p[0]), float(p[1])
         if not (-90 <= lat <= 90 and -180 <= lon <= 180):
@@ -365,9 +394,20 @@ def _read_geojson(path: Path) -> list[tuple[float, float]]:
 
 
 _ACTION_KEYS = {
-    "ignition", "drive", "stop", "door", "lock", "plug", "charge", "privacy", "crash",
-    "alert", "low_battery", "refuel", "precondition",
-}  # fmt: skip
+    "ignition",
+    "drive",
+    "stop",
+    "door",
+    "lock",
+    "plug",
+    "charge",
+    "privacy",
+    "crash",
+    "alert",
+    "low_battery",
+    "refuel",
+    "precondition",
+}
 
 
 def _parse_timeline(
@@ -532,12 +572,46 @@ def _count_params(ctx: _Ctx, d: PosDict, line: int, field_: str, extra: set[str]
     return out
 
 
+def _signal_params(ctx: _Ctx, d: Any, line: int, field_: str, kind: str) -> dict[str, Any]:
+    """``value: {signal, at, min, max}`` or ``change: {signal, from, to, min, max}``."""
+    times = {"at"} if kind == "value" else {"from", "to"}
+    d = ctx.mapping(d, line, field_, {"signal", "min", "max"} | times)
+    name = d.get("signal")
+    catalog = default_catalog()
+    if not isinstance(name, str) or name not in catalog:
+        raise ctx.fail(_line(d, "signal"), f"{field_}.signal", f"{name!r} is not a catalog signal")
+    out: dict[str, Any] = {"signal": name}
+    for key in sorted(times):
+        if key not in d:
+            raise ctx.fail(d.line, f"{field_}.{key}", "missing")
+        out[f"{key}_ms"] = ctx.duration(d[key], _line(d, key), f"{field_}.{key}")
+    for key in ("min", "max"):
+        if key in d:
+            v = d[key]
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ctx.fail(_line(d, key), f"{field_}.{key}", "must be a number")
+            out[key] = float(v)
+    if "min" not in out and "max" not in out:
+        raise ctx.fail(d.line, field_, "give min, max or both")
+    return out
+
+
 def _parse_expectations(ctx: _Ctx, value: Any) -> tuple[Expectation, ...]:
     if not isinstance(value, PosList):
         raise ctx.fail(getattr(value, "line", None), "expect", "must be a list of expectations")
     out = []
-    kinds = {"upload", "uploads", "no_position_while_private", "trip_km", "gateway_samples",
-             "no_sample_lost", "evicted", "rejected"}  # fmt: skip
+    kinds = {
+        "upload",
+        "uploads",
+        "no_position_while_private",
+        "trip_km",
+        "gateway_samples",
+        "no_sample_lost",
+        "evicted",
+        "rejected",
+        "value",
+        "change",
+    }
     for i, item in enumerate(value):
         where = f"expect[{i}]"
         entry = ctx.mapping(item, value.item_lines[i], where, kinds)
@@ -557,6 +631,8 @@ def _parse_expectations(ctx: _Ctx, value: Any) -> tuple[Expectation, ...]:
                 params["trigger"] = t.name.lower()
         elif kind in ("gateway_samples", "evicted", "rejected"):
             params = _count_params(ctx, raw, line, field_, set())
+        elif kind in ("value", "change"):
+            params = _signal_params(ctx, raw, line, field_, kind)
         elif kind == "trip_km":
             d = ctx.mapping(raw, line, field_, {"about", "tolerance"})
             about = d.get("about")

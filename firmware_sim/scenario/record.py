@@ -55,6 +55,7 @@ class RunRecord:
     queue_depth: list[tuple[int, int]] = field(default_factory=list)  # (t, uploads waiting)
     expectations: list[ExpectationResult] = field(default_factory=list)
     counters: dict[str, int | float] = field(default_factory=dict)
+    payload_digest: str = ""  # SHA-256 of every payload queued, in order: equal runs, equal digest
 
     @property
     def passed(self) -> bool:
