@@ -233,3 +233,38 @@ def test_durations(text: object, ms: int) -> None:
     assert parse_duration(text) == ms
     with pytest.raises(ValueError):
         parse_duration("soon")
+
+
+def test_a_run_writes_its_report_and_recordings(tmp_path: Path, broker: object) -> None:
+    from can_dbc.capture import read_capture  # noqa: PLC0415
+
+    report, recordings = tmp_path / "run.html", tmp_path / "rec"
+    status = main(
+        [
+            "scenario",
+            "run",
+            str(SCENARIOS / QUICK),
+            "--broker",
+            broker.url,  # type: ignore[attr-defined]
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--report",
+            str(report),
+            "--record",
+            str(recordings),
+        ]
+    )
+    assert status == 0
+    html = report.read_text()
+    assert (
+        "A crash" in html
+        and html.count("<svg") >= 4
+        and "http://" not in html.replace("http://www.w3.org", "")
+    )
+    frames, stats = read_capture(recordings / "bus.log")
+    assert len(frames) > 10_000 and stats.bad_lines == 0
+    # Simulated times: the frames are stamped with the scenario's clock, not the wall's.
+    start = load_scenario(SCENARIOS / QUICK).start_ms / 1000
+    assert start <= frames[0].timestamp < start + 1
+    lines = (recordings / "mqtt.jsonl").read_text().splitlines()
+    assert sum('"/up"' in line or '/up"' in line for line in lines) >= 5
