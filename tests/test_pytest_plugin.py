@@ -87,6 +87,8 @@ def test_simulated_car_and_an_ignition_frame(tcusim_vehicle, tcusim_bus, tcusim_
     vin = box.config.vin
     car = tcusim_vehicle.simulated[vin]
     assert wait_for(lambda: box.stats.frames > 0 and box.stats.fixes > 0)
+    # Off then on: a transition whatever the car's own ignition frames told the box first.
+    tcusim_bus.send(ignition(0))
     tcusim_bus.send(ignition(2))
     assert tcusim_gateway.wait_until(lambda s: s.payload_count(vin) >= 1, 10)
     assert Trigger.IGNITION_ON in triggers(tcusim_gateway, vin)
