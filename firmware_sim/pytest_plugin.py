@@ -570,6 +570,7 @@ class VehicleFactory:
             gnss.open()
             stack.callback(gnss.close)
             self._gnss_owner = vin
+            stack.callback(setattr, self, "_gnss_owner", None)
         elif sim_gnss is not None:
             gnss = GnssReader(sim_gnss)
         box = Tcu(
