@@ -8,6 +8,7 @@ against what the gateway stored, and a :class:`RunRecord` is returned.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import logging
@@ -28,6 +29,7 @@ from firmware_sim.payload import Privacy, encode_uplink
 from firmware_sim.scenario.model import PRIVACY, Fault, Scenario
 from firmware_sim.scenario.model import Action as ScenarioAction
 from firmware_sim.scenario.record import ExpectationResult, RunRecord, TimelineEntry, UploadRecord
+from firmware_sim.scenario.recording import CandumpRecorder, MqttRecorder
 from firmware_sim.sim.drive import Drive
 from firmware_sim.sim.session import SimulatedCar
 from gateway.broker import EmbeddedBroker, MosquittoBroker, start_test_broker
@@ -46,10 +48,11 @@ DRAIN_S = 60.0
 HEAD_UNIT_PERIOD_MS = 1_000  # the head unit repeats the privacy setting this often
 
 
-class _Tee:
+class _Tee(can.BusABC):
     """A bus in front of the car's bus that also hands every frame sent to a recorder."""
 
-    def __init__(self, bus: Any, recorder: Callable[[can.Message], None]) -> None:
+    def __init__(self, bus: can.BusABC, recorder: Callable[[can.Message], None]) -> None:
+        super().__init__(channel=getattr(bus, "channel_info", "tee"))
         self._bus = bus
         self._recorder = recorder
 
@@ -57,8 +60,11 @@ class _Tee:
         self._recorder(msg)
         self._bus.send(msg, timeout)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._bus, name)
+    def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
+        return self._bus.recv(timeout), False
+
+    def shutdown(self) -> None:
+        super().shutdown()  # the car's bus is closed by its owner
 
 
 class _Observer:
@@ -184,8 +190,6 @@ class ScenarioRunner:
         )
         car.vehicle.apply({PRIVACY_SIGNAL: int(s.privacy)})
         if self.record_dir is not None:
-            from firmware_sim.scenario.recording import CandumpRecorder, MqttRecorder  # noqa: PLC0415
-
             self.record_dir.mkdir(parents=True, exist_ok=True)
             candump = stack.enter_context(CandumpRecorder(self.record_dir / "bus.log"))
             car.vehicle.bus = _Tee(car.vehicle.bus, candump)
@@ -199,19 +203,16 @@ class ScenarioRunner:
 
     def _schedule(self, car: SimulatedCar) -> None:
         start = self.scenario.start_ms
+        call_at = self.scheduler.call_at
         for action in self.scenario.actions:
-            self.scheduler.call_at(start + action.at_ms, lambda _t, a=action: self._act(car, a))
+            call_at(start + action.at_ms, functools.partial(self._act, car, action))
         for fault in self.scenario.faults:
-            self.scheduler.call_at(
-                start + fault.at_ms, lambda _t, f=fault: self._fault(car, f, True)
-            )
-            self.scheduler.call_at(
-                start + fault.at_ms + fault.duration_ms,
-                lambda _t, f=fault: self._fault(car, f, False),
-            )
-        self.scheduler.call_at(start, lambda now: self._sample_truth(car, now))
+            begin = start + fault.at_ms
+            call_at(begin, functools.partial(self._fault, car, fault, True))
+            call_at(begin + fault.duration_ms, functools.partial(self._fault, car, fault, False))
+        call_at(start, functools.partial(self._sample_truth, car))
 
-    def _act(self, car: SimulatedCar, action: ScenarioAction) -> None:
+    def _act(self, car: SimulatedCar, action: ScenarioAction, _now: int) -> None:
         state = car.vehicle.state
         kind, value = action.kind, action.value
         if kind == "ignition":
@@ -239,7 +240,7 @@ class ScenarioRunner:
             state.refuel(value)
         self._note("action", _describe(action))
 
-    def _fault(self, car: SimulatedCar, fault: Fault, begins: bool) -> None:
+    def _fault(self, car: SimulatedCar, fault: Fault, begins: bool, _now: int) -> None:
         kind = fault.kind
         self._note("fault", f"{kind} {'begins' if begins else 'ends'}")
         if kind == "broker_outage":
@@ -293,7 +294,7 @@ class ScenarioRunner:
         if car.box.running:
             rec.queue_depth.append((now, car.box.flash.depth))
         if now < rec.end_ms:
-            self.scheduler.call_at(now + 1000, lambda t: self._sample_truth(car, t))
+            self.scheduler.call_at(now + 1000, functools.partial(self._sample_truth, car))
 
     def _drive(self, car: SimulatedCar) -> None:
         total = self.scenario.duration_ms
