@@ -30,7 +30,8 @@ send_errors``, the frame read ahead by a running :meth:`~Replayer.schedule` asid
 
 With ``loop`` the capture starts again after its last frame, its offsets continuing: the
 next pass begins one mean frame interval after the last frame (:data:`LOOP_GAP_S` when the
-capture's frames share one timestamp). A capture with no frame is not looped.
+capture's frames share one timestamp; in simulated time, a millisecond at least). A capture
+with no frame is not looped.
 
 A missing, unknown or unreadable capture is a :class:`~can_dbc.errors.CaptureError` when the
 :class:`Replayer` is made; a capture that turns out corrupt while read (a broken ``.gz``, a
@@ -273,8 +274,11 @@ class Replayer:
             gap = last / (count - 1) if count > 1 and last > 0 else LOOP_GAP_S
             self._period_s = last + gap
 
-    def _timeline(self) -> Generator[tuple[float, can.Message], None, None]:
-        """(recorded offset across passes, frame) of every frame to send, passes included."""
+    def _timeline(
+        self, min_period_s: float = 0.0
+    ) -> Generator[tuple[float, can.Message], None, None]:
+        """(recorded offset across passes, frame) of every frame to send, passes included;
+        a pass lasts at least ``min_period_s``."""
         number = 0
         base = 0.0
         while True:
@@ -282,7 +286,7 @@ class Replayer:
                 yield base + offset, msg
             if not self.loop or self._period_s is None:
                 break
-            base += self._period_s
+            base += max(self._period_s, min_period_s)
             number += 1
             self.stats.loops += 1
         self.stats.finished = True
@@ -367,7 +371,9 @@ class Replayer:
         self._begin()
         scale = 1000.0 / self.speed
         base = scheduler.now_ms if start_ms is None else start_ms
-        timeline = self._timeline()
+        # Each pass takes a millisecond at least, or a loop at a high speed would never let
+        # the simulated time move on.
+        timeline = self._timeline(min_period_s=self.speed / 1000)
         send = self._send
 
         def due_ms(position: float) -> int:
