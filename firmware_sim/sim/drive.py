@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -12,6 +13,7 @@ __all__ = [
     "DriveEvent",
     "Route",
     "city_drive",
+    "commute",
     "haversine_m",
 ]
 
@@ -87,22 +89,37 @@ class Drive:
     events: Sequence[DriveEvent] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        times = [t for t, _ in self.speed_profile]
-        if not times or times != sorted(times):
+        times = tuple(float(t) for t, _ in self.speed_profile)
+        if not times or list(times) != sorted(times):
             raise ValueError("the speed profile needs increasing times")
         if any(v < 0 for _, v in self.speed_profile):
             raise ValueError("speeds must not be negative")
+        object.__setattr__(self, "_times", times)
+        object.__setattr__(self, "_speeds", tuple(float(v) for _, v in self.speed_profile))
 
     def speed_at(self, t_s: float) -> float:
         """The target speed in km/h at ``t_s``."""
-        profile = self.speed_profile
-        if t_s <= profile[0][0]:
-            return profile[0][1]
-        if t_s >= profile[-1][0]:
-            return profile[-1][1]
-        i = bisect.bisect_right([t for t, _ in profile], t_s)
-        (t0, v0), (t1, v1) = profile[i - 1], profile[i]
-        return v0 + (v1 - v0) * (t_s - t0) / (t1 - t0)
+        times: tuple[float, ...] = self._times  # type: ignore[attr-defined]
+        speeds: tuple[float, ...] = self._speeds  # type: ignore[attr-defined]
+        if t_s <= times[0]:
+            return speeds[0]
+        if t_s >= times[-1]:
+            return speeds[-1]
+        i = bisect.bisect_right(times, t_s)
+        t0, t1 = times[i - 1], times[i]
+        v0 = speeds[i - 1]
+        return v0 + (speeds[i] - v0) * (t_s - t0) / (t1 - t0)
+
+    @property
+    def length_km(self) -> float:
+        """The distance the speed profile covers (followed exactly, without the car's limits)."""
+        times: tuple[float, ...] = self._times  # type: ignore[attr-defined]
+        speeds: tuple[float, ...] = self._speeds  # type: ignore[attr-defined]
+        metres = sum(
+            (speeds[i] + speeds[i + 1]) / 7.2 * (times[i + 1] - times[i])
+            for i in range(len(times) - 1)
+        )
+        return metres / 1000
 
 
 # Poissy to La Défense along the Seine, through Saint-Germain-en-Laye and Rueil-Malmaison.
@@ -156,3 +173,102 @@ def city_drive(minutes: float = 10.0) -> Drive:
         DriveEvent(drive_end + 30, {LOCK: 1}),
     ]
     return Drive(duration_s=total, route=WEST_PARIS, speed_profile=profile, events=events)
+
+
+_ACCEL_KMH_S = 2.5 * 3.6  # how briskly the commuter speeds up and slows down (km/h per s)
+
+
+def _there_and_back(route: Route, km: float) -> Route:
+    """``route`` driven forth and back as often as it takes to cover ``km``."""
+    points = list(route.points)
+    covered = route.length_m
+    forth = True
+    while covered < km * 1000:
+        leg = route.points[::-1] if forth else route.points
+        points.extend(leg[1:])
+        covered += route.length_m
+        forth = not forth
+    return Route(tuple(points), route.altitude_m)
+
+
+def commute(minutes: float = 60.0, seed: int = 0) -> Drive:
+    """A commute of ``minutes``: town with traffic lights, main roads, a jam, and a stop.
+
+    Like :func:`city_drive` it begins with unlocking, the door and the start, and ends with
+    parking, the door and locking; between, a seeded mix of town stretches (30-50 km/h, most
+    ending at a red light), main roads (70-90 km/h), fast roads (110-130 km/h) and slow
+    traffic. A drive of 20 minutes or more stops halfway for a few minutes with the engine off
+    and the driver getting out. The route is the Poissy - La Defense road, driven back and
+    forth as long as the drive needs.
+    """
+    if minutes < 2:
+        raise ValueError("a commute lasts at least 2 minutes")
+    rng = random.Random(seed)
+    total = minutes * 60.0
+    drive_start, drive_end = 40.0, total - 60.0
+    profile: list[tuple[float, float]] = [(0.0, 0.0), (drive_start + 5, 0.0)]
+    events = [
+        DriveEvent(20.0, {LOCK: 0}),
+        DriveEvent(25.0, {DRIVER_DOOR: 1}),
+        DriveEvent(30.0, {DRIVER_DOOR: 0}),
+        DriveEvent(drive_start, {IGNITION: 3}),
+        DriveEvent(drive_start + 1.5, {IGNITION: 2}),
+    ]
+    halfway = drive_start + (drive_end - drive_start) / 2 if minutes >= 20 else math.inf
+
+    def go(speed: float, hold_s: float) -> None:
+        t, v = profile[-1]
+        t += abs(speed - v) / _ACCEL_KMH_S
+        profile.append((t, speed))
+        profile.append((t + hold_s, speed))
+
+    while True:
+        t = profile[-1][0]
+        if t >= halfway:
+            halfway = math.inf
+            go(0.0, 0.0)
+            stop = profile[-1][0]
+            pause = rng.uniform(150.0, 240.0)
+            events += [
+                DriveEvent(stop + 5, {IGNITION: 0}),
+                DriveEvent(stop + 10, {DRIVER_DOOR: 1}),
+                DriveEvent(stop + 14, {DRIVER_DOOR: 0}),
+                DriveEvent(stop + pause - 25, {DRIVER_DOOR: 1}),
+                DriveEvent(stop + pause - 20, {DRIVER_DOOR: 0}),
+                DriveEvent(stop + pause - 10, {IGNITION: 3}),
+                DriveEvent(stop + pause - 8.5, {IGNITION: 2}),
+            ]
+            profile.append((stop + pause, 0.0))
+            continue
+        kind = rng.choices(("town", "main", "fast", "jam"), weights=(5, 3, 1, 1))[0]
+        if kind == "town":
+            speed, hold = rng.choice((30.0, 40.0, 50.0)), rng.uniform(30.0, 120.0)
+        elif kind == "main":
+            speed, hold = rng.uniform(70.0, 90.0), rng.uniform(90.0, 300.0)
+        elif kind == "fast":
+            speed, hold = rng.uniform(110.0, 130.0), rng.uniform(120.0, 360.0)
+        else:
+            speed, hold = rng.uniform(5.0, 15.0), rng.uniform(60.0, 180.0)
+        speed = round(speed)
+        ramps = (abs(speed - profile[-1][1]) + speed) / _ACCEL_KMH_S
+        budget = drive_end - t - ramps - 5
+        if budget <= 0:
+            break
+        go(speed, min(hold, budget))
+        red = rng.uniform(15.0, 50.0)
+        down = speed / _ACCEL_KMH_S
+        if kind == "town" and rng.random() < 0.6 and profile[-1][0] + down + red < drive_end - 5:
+            go(0.0, red)  # a red light
+    go(0.0, 0.0)
+    end = profile[-1][0]
+    profile += [(drive_end, 0.0), (total, 0.0)]
+    events += [
+        DriveEvent(drive_end + 10, {IGNITION: 0}),
+        DriveEvent(drive_end + 15, {DRIVER_DOOR: 1}),
+        DriveEvent(drive_end + 20, {DRIVER_DOOR: 0}),
+        DriveEvent(drive_end + 30, {LOCK: 1}),
+    ]
+    assert end <= drive_end
+    provisional = Drive(duration_s=total, route=WEST_PARIS, speed_profile=profile)
+    route = _there_and_back(WEST_PARIS, provisional.length_km)
+    return Drive(duration_s=total, route=route, speed_profile=profile, events=events)
