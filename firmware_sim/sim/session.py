@@ -1,4 +1,4 @@
-"""A simulated car and its box on one virtual CAN bus and one GNSS serial line.
+"""A simulated car and its box on one simulated CAN bus and one GNSS serial line.
 
 This is the harness the demo, the tests and (later) the scenario runner share: the car drives,
 the box listens, both on the same scheduler, and the box can lose power and boot again.
@@ -23,7 +23,7 @@ from firmware_sim.core import Action
 from firmware_sim.gnss import GnssReader, GnssSource
 from firmware_sim.sim.drive import Drive
 from firmware_sim.sim.physics import Energy, VehicleState
-from firmware_sim.sim.vehicle import SimVehicle
+from firmware_sim.sim.vehicle import SimBus, SimVehicle
 
 __all__ = ["SimulatedCar"]
 
@@ -64,9 +64,7 @@ class SimulatedCar:
             else None
         )
         self.observers = observers if observers is not None else []
-        self.car_bus = can.Bus(
-            interface="virtual", channel=self.channel, receive_own_messages=False
-        )
+        self.car_bus: can.BusABC = SimBus(self.channel)
         self.gnss_line = serial.serial_for_url("loop://", timeout=0)
         self.vehicle = SimVehicle(
             self.mapping,
@@ -82,7 +80,7 @@ class SimulatedCar:
         self._next_gnss_ms = 0
 
     def _new_box(self) -> Tcu:
-        bus = can.Bus(interface="virtual", channel=self.channel, receive_own_messages=False)
+        bus = SimBus(self.channel)
         return Tcu(
             self.config,
             data_dir=self.data_dir,
