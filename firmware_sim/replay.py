@@ -333,22 +333,30 @@ class Replayer:
         stats = self.stats
         start = time.monotonic()
         next_progress = start + progress_every_s
+
+        def tick(now: float) -> float:
+            """Report progress when due; the time of the next report."""
+            nonlocal next_progress
+            if progress is not None and now >= next_progress:
+                progress(stats)
+                next_progress = now + progress_every_s
+            return next_progress if progress is not None else math.inf
+
         with contextlib.closing(self._timeline()) as timeline:
             for position, msg in timeline:
                 if stop.is_set():
                     break
-                now = time.monotonic()
                 if speed is not None:
                     due = start + position / speed
-                    if due - now > _MIN_SLEEP_S:
-                        if stop.wait(due - now):
-                            break
+                    now = time.monotonic()
+                    # Sleep until due, waking for the progress reports of a long gap.
+                    while due - now > _MIN_SLEEP_S:
+                        if stop.wait(min(due, tick(now)) - now):
+                            return stats
                         now = time.monotonic()
                     stats.max_lag_s = max(stats.max_lag_s, now - due)
                 self._send(position, msg, time.time())
-                if progress is not None and now >= next_progress:
-                    progress(stats)
-                    next_progress = now + progress_every_s
+                tick(time.monotonic())
         return stats
 
     # -- simulated time -------------------------------------------------------------------

@@ -458,6 +458,32 @@ def test_a_wall_clock_loop_runs_until_stopped(
     assert [key(m) for m in got[:33]] == [key(f) for f in frames] * 3
 
 
+def test_a_stop_ends_the_wait_for_a_far_frame(
+    tmp_path: Path, listen: Callable[..., Collector], sender: Any
+) -> None:
+    capture = tmp_path / "gap.log"
+    capture.write_text("(0.000000) can0 123#01\n(3600.000000) can0 123#02\n")  # an hour apart
+    collector = listen("virtual", "replay-gap", target=1)
+    stop = threading.Event()
+
+    def stop_after_the_first() -> None:
+        if collector.enough.wait(WAIT):
+            stop.set()
+
+    waiter = threading.Thread(target=stop_after_the_first)
+    waiter.start()
+    stats = Replayer(capture, sender("virtual", "replay-gap")).run(stop)
+    waiter.join()
+    assert stats.sent == 1 and not stats.finished
+
+
+def test_progress_is_reported_with_the_live_counts(sender: Any) -> None:
+    seen: list[int] = []
+    replayer = Replayer(TRC, sender("virtual", "replay-progress"), speed=None)
+    stats = replayer.run(progress=lambda s: seen.append(s.sent), progress_every_s=0.0)
+    assert seen == list(range(1, 12)) and stats.sent == 11
+
+
 # -- what a capture or a bus gets wrong ---------------------------------------------------
 
 

@@ -22,6 +22,7 @@ import math
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from can_dbc.capture import CAPTURE_SUFFIXES, CaptureReader
@@ -131,7 +132,7 @@ def _bus_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def _progress(err: TextIO) -> Any:
+def _progress(err: TextIO) -> Callable[[ReplayStats], None]:
     def report(stats: ReplayStats) -> None:
         print(
             f"tcusim replay: {stats.sent} frames sent, {stats.position_s:.1f} s of capture"
