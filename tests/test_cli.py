@@ -24,7 +24,7 @@ def test_help_lists_every_subcommand() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "firmware_sim", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for command in ("demo", "vehicle", "decode", "gateway"):
+    for command in ("demo", "vehicle", "scenario", "decode", "replay", "gateway"):
         assert command in out
 
 
