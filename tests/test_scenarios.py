@@ -42,7 +42,12 @@ def test_shipped_scenario_passes(name: str, tmp_path: Path, broker: object) -> N
     assert not failed, failed
     with SqliteStore(tmp_path / "gateway.sqlite3") as store:
         payloads = store.payloads(scenario.config.vin)
+        latest = max(t for _sid, t, _v in store.samples(scenario.config.vin))
     assert payloads and all(conforms(p.raw) for p in payloads)
+    jumps = sum(f.duration_ms for f in scenario.faults if f.kind == "clock_jump")
+    if jumps:  # the box stamped what it collected after the jump with its stepped clock
+        end = scenario.start_ms + scenario.duration_ms
+        assert end + jumps - 60_000 <= latest <= end + jumps
 
 
 def test_one_seed_gives_the_same_payload_bytes(tmp_path: Path, broker: object) -> None:

@@ -65,7 +65,15 @@ LOCKS = {"unlocked": 0, "locked": 1, "superlocked": 2}
 IGNITION = {"off": 0, "accessory": 1, "on": 2, "start": 3}
 PRIVACY = {"none": Privacy.NONE, "geolocation": Privacy.GEOLOCATION, "full": Privacy.FULL}
 PRECONDITIONING = {"off": 0, "on": 1}
-FAULTS = ("broker_outage", "link_loss", "power_cut", "can_silence", "bus_off", "gnss_loss")
+FAULTS = (
+    "broker_outage",
+    "link_loss",
+    "power_cut",
+    "can_silence",
+    "bus_off",
+    "gnss_loss",
+    "clock_jump",
+)
 TRIGGERS = {t.name.lower(): t for t in Trigger}
 
 
@@ -106,7 +114,7 @@ class Fault:
 
     at_ms: int
     kind: str  # one of FAULTS
-    duration_ms: int
+    duration_ms: int  # for clock_jump: the step of the box's clock, + or -
     line: int | None = None
 
 
@@ -533,6 +541,15 @@ def _parse_faults(ctx: _Ctx, value: Any, duration_ms: int) -> tuple[Fault, ...]:
         if len(kinds) != 1:
             raise ctx.fail(entry.line, where, f"give one fault (one of {', '.join(FAULTS)})")
         kind = kinds[0]
+        if kind == "clock_jump":  # not a span: the box's clock steps by this much, + or -
+            raw = entry[kind]
+            sign = -1 if isinstance(raw, str) and raw.strip().startswith("-") else 1
+            text = raw.strip().lstrip("+-") if isinstance(raw, str) else raw
+            step = ctx.duration(text, _line(entry, kind), f"{where}.{kind}")
+            if step == 0:
+                raise ctx.fail(_line(entry, kind), f"{where}.{kind}", "a jump of nothing")
+            faults.append(Fault(at, kind, sign * step, _line(entry, kind)))
+            continue
         duration = ctx.duration(entry[kind], _line(entry, kind), f"{where}.{kind}")
         if duration <= 0 or at + duration > duration_ms:
             raise ctx.fail(

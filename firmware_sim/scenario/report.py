@@ -704,7 +704,7 @@ def _header(record: RunRecord) -> str:
         ("expectations", f"{len(record.expectations) - failed} of {len(record.expectations)} held"),
         ("uploads", f"{len(record.uploads)} · {_fmt_value(sum(u.size for u in record.uploads))} B"),
     ]
-    digest = getattr(record, "payload_digest", "")
+    digest = record.payload_digest
     if digest:
         facts.append(
             ("payload digest", f'<span title="{_esc(digest)}">{_esc(digest[:16])}…</span>')

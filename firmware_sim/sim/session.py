@@ -48,9 +48,15 @@ class SimulatedCar:
         reconnect_min_s: float = 0.05,
         reconnect_max_s: float = 1.0,
         observers: list[Callable[[Action], None]] | None = None,
+        bus_load: float = 0.0,
+        box_clock: Scheduler | None = None,
     ) -> None:
+        """``bus_load`` fills the bus up to that fraction of a 500 kbit/s bus with frames
+        the box does not consume; ``box_clock`` is the box's own clock (the scheduler's,
+        unless a test steps it)."""
         self.config = config
         self.scheduler = scheduler
+        self.box_clock = box_clock or scheduler
         self.data_dir = Path(data_dir)
         self.mapping = mapping or load_car_network().mapping
         self.channel = f"tcusim-{config.vin}-{next(_channels)}"
@@ -73,6 +79,8 @@ class SimulatedCar:
             self.car_bus,
             scheduler,
             gnss=GnssSource(self.gnss_line),
+            bus_load=bus_load,
+            seed=seed,
         )
         self.vehicle.after_tick.append(self._box_tick)
         self.boots = 0
@@ -85,7 +93,7 @@ class SimulatedCar:
             self.config,
             data_dir=self.data_dir,
             decoder=CompiledDecoder(self.mapping.database, self.mapping),
-            scheduler=self.scheduler,
+            scheduler=self.box_clock,
             uplink=self.uplink_config,
             bus=bus,
             gnss=GnssReader(self.gnss_line),
@@ -102,9 +110,10 @@ class SimulatedCar:
         box = self.box
         if not box.running:
             return
-        box.poll_bus(now_ms)
+        box_now = now_ms if self.box_clock is self.scheduler else self.box_clock.now_ms
+        box.poll_bus(box_now)
         if now_ms >= self._next_gnss_ms:
-            box.poll_gnss(now_ms)
+            box.poll_gnss(box_now)
             self._next_gnss_ms = now_ms + GNSS_POLL_MS
         box.pump()
 
