@@ -6,6 +6,7 @@ import base64
 import json
 import math
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -172,6 +173,15 @@ def test_the_simulated_cars_frames_keep_simulated_time(tmp_path: Path) -> None:
 # -- MQTT ---------------------------------------------------------------------------------
 
 
+def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def read_lines(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -244,6 +254,27 @@ def test_retained_messages_are_recorded_as_retained(
         assert base64.b64decode(str(line["payload_b64"])) == b'{"state":"offline"}'
     finally:
         publisher.publish(topic, b"", retain=True)
+
+
+def test_the_recorder_comes_back_after_a_broker_outage(
+    fresh_broker: object, mqtt_client: Callable[..., object], tmp_path: Path
+) -> None:
+    path = tmp_path / "mqtt.jsonl"
+    recorder = MqttRecorder(fresh_broker.url, path).start(WAIT)  # type: ignore[attr-defined]
+    try:
+        fresh_broker.stop()  # type: ignore[attr-defined]
+        assert wait_until(lambda: recorder.disconnects == 1)
+        fresh_broker.start()  # type: ignore[attr-defined]
+        publisher = mqtt_client(fresh_broker, "pub-recorder-outage").connect()  # type: ignore[attr-defined]
+        # Retained: delivered whenever the recorder has subscribed again.
+        publisher.publish("tcusim/v1/VR3OUTAGE00000001/presence", b"back", retain=True)
+        assert recorder.wait_for(1, WAIT)
+        assert recorder.connects == 2
+    finally:
+        assert recorder.stop(WAIT)
+    [line] = read_lines(path)
+    assert base64.b64decode(str(line["payload_b64"])) == b"back"
+    assert recorder.disconnects == 1  # its own disconnect at stop() is not counted
 
 
 def test_mqtt_recorder_lifecycle_and_errors(broker: object, tmp_path: Path) -> None:

@@ -161,7 +161,8 @@ class MqttRecorder:
 
     Its paho client (client id ``client_id`` or a fresh ``tcusim-recorder-...``) runs in a
     background thread, reconnects by itself and subscribes again on each connection
-    (``connects`` counts them; messages sent while it was away are not recorded). Credentials
+    (``connects`` counts them, ``disconnects`` the connections lost, each logged: messages
+    sent while it was away are not recorded). Credentials
     and TLS come from the broker URL (``mqtts://user:password@host``), with ``ca_file`` for a
     private CA. :meth:`stop` first makes sure everything the broker received before it was
     called has arrived: it publishes a marker on a topic of its own and waits for it to come
@@ -192,6 +193,8 @@ class MqttRecorder:
         self._keepalive_s = keepalive_s
         self.messages = 0
         self.connects = 0
+        self.disconnects = 0  # connections lost before stop(): messages may be missing
+        self._stopping = False
         self.refused: str | None = None  # the broker's reason when it refused
         self._file: IO[str] | None = None
         self._started = False
@@ -208,7 +211,6 @@ class MqttRecorder:
             clean_session=True,
             protocol=mqtt.MQTTv311,
         )
-        self._client.enable_logger(log)
         self._client.reconnect_delay_set(1, 5)
         if self.broker.username is not None:
             self._client.username_pw_set(self.broker.username, self.broker.password)
@@ -225,6 +227,7 @@ class MqttRecorder:
             self._client.tls_insecure_set(tls_insecure)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
+        self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
 
     # -- network thread ---------------------------------------------------------------------
@@ -241,6 +244,14 @@ class MqttRecorder:
         result, mid = client.subscribe(subs)
         if result == MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._sub_mid = mid
+
+    def _on_disconnect(
+        self, _c: object, _u: object, _f: object, rc: ReasonCode, _p: object
+    ) -> None:
+        if self._stopping:
+            return
+        self.disconnects += 1
+        log.warning("recorder %s lost %s (%s); reconnecting", self.client_id, self.broker, rc)
 
     def _on_subscribe(
         self, _c: object, _u: object, mid: int, reason_codes: list[ReasonCode], _p: object
@@ -328,6 +339,7 @@ class MqttRecorder:
         return synced
 
     def _shutdown(self) -> None:
+        self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
         self._close_file()
