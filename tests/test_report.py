@@ -362,6 +362,29 @@ def test_little_or_odd_data_draws_without_a_crash(changes: dict[str, object]) ->
     assert not re.search(r"\b(nan|inf)\b", " ".join(a[1] for a in tree.attributes))
 
 
+def y_labels(page: str, cls: str) -> list[str]:
+    chart = parse(page).root.one("svg", cls)
+    return [t.all_text() for t in chart.iter("text") if t.attrs.get("text-anchor") == "end"]
+
+
+def test_value_axes_fit_their_data() -> None:
+    """An idle queue counts 0 and 1 (no negative or fractional depths); a full battery
+    stays within 0-100 %; a speed axis starts at zero."""
+    record = empty_record(
+        end_ms=START_MS + 60_000,
+        queue_depth=[(START_MS + i * 1000, 0) for i in range(60)],
+        series={
+            SOC: [(START_MS, 99.0), (START_MS + 60_000, 100.0)],
+            SPEED: [(START_MS, 31.0), (START_MS + 60_000, 48.0)],
+        },
+    )
+    page = render_report(record)
+    assert y_labels(page, "queue") == ["0", "1"]
+    energy = [float(v) for v in y_labels(page, "energy")]
+    assert energy == sorted(energy) and energy[-1] == 100 and energy[0] >= 90
+    assert y_labels(page, "speed")[0] == "0"
+
+
 def test_a_single_position_is_a_marker_with_a_note() -> None:
     tree = parse(render_report(empty_record(route=[(START_MS, 48.9, 2.1)])))
     route = tree.root.one("svg", "route")

@@ -88,7 +88,7 @@ tr.failed td { background: #fef2f2; }
 .dash { display: inline-block; width: 18px; border-top: 2px dashed; margin-right: 5px;
   vertical-align: middle; }
 table.timeline td:nth-child(-n+3), table.timeline th:nth-child(-n+3),
-table.expectations td:nth-child(2), table.expectations td:nth-child(4) {
+table.expectations td:nth-child(2n), table.expectations th:nth-child(2n) {
   width: 1%; white-space: nowrap; }
 table.expectations td:first-child { width: 35%; }
 """
@@ -328,6 +328,8 @@ def _value_chart(
     include_zero: bool = False,
     bounds: tuple[float, float] | None = None,
     min_span: float = 0.0,
+    integer: bool = False,
+    area: bool = False,
     css_class: str,
 ) -> str:
     """A chart of values over the shared time axis; a note when there is nothing to draw."""
@@ -342,6 +344,12 @@ def _value_chart(
         middle = (lo + hi) / 2
         lo, hi = middle - min_span / 2, middle + min_span / 2
     y_lo, y_hi, step = _nice_range(lo, hi)
+    if integer and step < 1:
+        y_lo, y_hi, step = math.floor(y_lo), math.ceil(y_hi), 1.0
+    if include_zero and lo >= 0:
+        y_lo = max(y_lo, 0.0)  # nothing below zero to show
+    if y_hi <= y_lo:
+        y_hi = y_lo + step
     if bounds is not None:
         y_lo, y_hi = max(y_lo, bounds[0]), min(y_hi, bounds[1])
         if y_hi <= y_lo:
@@ -382,6 +390,11 @@ def _value_chart(
                 f"<title>{_esc(line.label)}</title></circle>"
             )
             continue
+        if area:
+            out.append(
+                f'<path d="{_path(pts, line.step)}V{bottom:.1f}H{pts[0][0]:.1f}Z" '
+                f'fill="{line.colour}" fill-opacity=".14" stroke="none"/>'
+            )
         out.append(
             f'<path d="{_path(pts, line.step)}" fill="none" stroke="{line.colour}" '
             f'stroke-width="1.8" stroke-linejoin="round"><title>{_esc(line.label)}</title></path>'
@@ -530,7 +543,7 @@ def _uploads_svg(record: RunRecord, axis: _TimeAxis, colours: dict[str, str]) ->
     if not lanes and not record.timeline:
         return '<p class="nodata">no uploads and no timeline entries</p>'
     lane_h = 30.0
-    top = 44.0
+    top = 50.0
     bottom = top + lane_h * max(1, len(lanes))
     height = bottom + 44
     out = [
@@ -560,12 +573,19 @@ def _uploads_svg(record: RunRecord, axis: _TimeAxis, colours: dict[str, str]) ->
             'text-anchor="middle" fill="#7b8794">no uploads</text>'
         )
     out += _time_grid(axis, top, bottom)
+    label_rows = [(13, -math.inf), (26, -math.inf), (39, -math.inf)]  # (y, last label's x)
     for n, entry in enumerate(record.timeline, 1):
         if not math.isfinite(entry.t_ms):
             continue
         x = axis.x(entry.t_ms)
         colour = KIND_COLOURS.get(entry.kind, _OTHER_KIND)
-        label_y = 16 if n % 2 else 32
+        room = 8 * len(str(n)) + 6
+        row = next(
+            (i for i, (_, last) in enumerate(label_rows) if x - last >= room),
+            min(range(len(label_rows)), key=lambda i: label_rows[i][1]),
+        )
+        label_y = label_rows[row][0]
+        label_rows[row] = (label_y, x)
         tip = (
             f"<title>{n}. {_esc(entry.kind)} at {_fmt_time(entry.t_ms)}: {_esc(entry.text)}</title>"
         )
@@ -769,6 +789,8 @@ def render_report(record: RunRecord) -> str:
         [_Line("uploads waiting", "#9333ea", _finite(record.queue_depth), step=True)],
         y_title="queue depth",
         include_zero=True,
+        integer=True,
+        area=True,
         css_class="queue",
     )
     kinds = "".join(
@@ -786,8 +808,8 @@ def render_report(record: RunRecord) -> str:
 <section><h2>Speed</h2>{speed}</section>
 <section><h2>State of charge and fuel level</h2>{energy}</section>
 <section><h2>Uploads and timeline</h2>
-<p>One lane per trigger, one dot per upload (hover for its sequence number and size); the
-numbered lines are the timeline's entries: {kinds}</p>
+<p>One lane per trigger, a dot per upload (hover for details); numbered lines are the
+timeline's entries: {kinds}</p>
 {_uploads_svg(record, axis, colours)}</section>
 <section><h2>Bytes sent</h2><p>Cumulative, each upload counted when it was queued.</p>
 {sent_chart}</section>
