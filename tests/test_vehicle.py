@@ -1,4 +1,4 @@
-"""The simulated car on the bus: every ECU, counters and checksums, the codec, the sim bus, load."""
+"""The simulated car: every ECU, counters and checksums, the codec, the sim bus and line, load."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 import can
 import pytest
+import serial
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,13 +24,18 @@ from can_dbc.loader import load_network
 from can_dbc.mapping import MAPPING_FORMAT, MappedSignal, parse_mapping
 from can_dbc.network import COMMAND_FEEDBACK, load_car_network
 from firmware_sim.clock import SimScheduler
+from firmware_sim.config import TcuConfig
+from firmware_sim.gnss import GnssReader, GnssSource
+from firmware_sim.nmea import Fix
 from firmware_sim.sim.drive import city_drive, commute
 from firmware_sim.sim.physics import Energy, VehicleState
+from firmware_sim.sim.session import SimulatedCar
 from firmware_sim.sim.vehicle import (
     BITRATE,
     CHECKSUMS,
     FrameCodec,
     SimBus,
+    SimSerial,
     SimVehicle,
     checksum_signals,
     frame_bits,
@@ -469,3 +475,73 @@ def test_sim_bus_type_hints() -> None:
         assert "test-hints" in bus.channel_info
     finally:
         bus.shutdown()
+
+
+def test_after_a_silence_the_ecus_keep_their_phase(car: Car) -> None:
+    car.run(1)
+    car.vehicle.silent = True
+    assert car.run(1.234) == []
+    car.vehicle.silent = False
+    frames = _by_message(car.run(2))
+    for name, sent in frames.items():
+        cycle = CAR.message(name).cycle_time
+        assert cycle is not None
+        offsets = [round(m.timestamp * 1000) - START_MS for m in sent]
+        assert offsets[0] == 2240  # the first tick after the silence: each ECU is overdue
+        assert offsets[1] == (2240 // cycle + 1) * cycle  # then on its old phase
+        assert offsets[1:] == list(range(offsets[1], offsets[-1] + 1, cycle)), name
+
+
+# -- the GNSS line --------------------------------------------------------------------------
+
+
+def test_the_sim_serial_line_loops_back_without_blocking() -> None:
+    line = SimSerial(buffer_size=10)
+    assert line.write(b"$GNRMC") == 6 and line.in_waiting == 6
+    assert line.read(4) == b"$GNR" and line.read(100) == b"MC"
+    assert line.read(1) == b""  # timeout 0: nothing there, at once
+    assert line.write(b"0123456789abc") == 13  # the reader is away: the rest is lost
+    assert line.overruns == 3 and line.read(100) == b"0123456789"
+    line.write(b"xyz")
+    line.reset_input_buffer()
+    assert line.in_waiting == 0 and line.out_waiting == 0
+    line.close()
+    with pytest.raises(serial.PortNotOpenError):
+        line.write(b"x")
+
+
+def test_gnss_fixes_cross_the_sim_serial_line() -> None:
+    line = SimSerial()
+    source, reader = GnssSource(line), GnssReader(line)
+    fix = Fix.at_time_ms(START_MS, lat=48.9, lon=2.1, alt=40.0, speed_kmh=50.0, heading=90.0)
+    source.write_fix(fix)
+    source.write_fix(Fix.at_time_ms(START_MS + 1000, lat=48.9, lon=2.1, alt=40.0))
+    fixes = reader.poll()
+    assert [f.lat for f in fixes] == [pytest.approx(48.9)] * 2
+    assert reader.stats.bad_checksum == 0
+
+
+def test_a_long_power_cut_neither_blocks_the_car_nor_feeds_the_box_old_fixes(
+    tmp_path: Path,
+) -> None:
+    car = SimulatedCar(
+        TcuConfig.from_mapping({"vin": "VR3UHZKXZLT000201"}),
+        city_drive(10),
+        SimScheduler(START_MS),
+        data_dir=tmp_path,
+        broker_url=None,
+    )
+    try:
+        car.start()
+        car.run_for(60)
+        fixes = car.box.stats.fixes
+        assert fixes >= 59
+        car.power_cut()
+        car.run_for(120)  # 120 fixes: far more than the line holds
+        assert car.vehicle.fixes_sent == 181
+        car.reboot()
+        car.run_for(10)
+        assert 9 <= car.box.stats.fixes <= 11  # this boot's fixes only
+        assert car.box.gnss is not None and car.box.gnss.stats.malformed == 0
+    finally:
+        car.close(0)

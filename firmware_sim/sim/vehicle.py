@@ -28,6 +28,7 @@ up to a fraction of a 500 kbit/s bus, as the other ECUs of a real car would.
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 import random
@@ -41,6 +42,7 @@ from functools import reduce
 from typing import Any, ClassVar
 
 import can
+import serial
 from cantools.database.can import Message, Signal
 
 from can_dbc.catalog import SignalType
@@ -58,6 +60,7 @@ __all__ = [
     "Ecu",
     "FrameCodec",
     "SimBus",
+    "SimSerial",
     "SimVehicle",
     "checksum_signals",
     "frame_bits",
@@ -190,6 +193,99 @@ class SimBus(can.BusABC):
                     del self._channels[self.channel_id]
             self._queue.clear()
         super().shutdown()
+
+
+class SimSerial(serial.SerialBase):  # type: ignore[misc]
+    """A serial line inside one process, for simulated time: the GNSS receiver to the box.
+
+    What is written is read back, as with pyserial's ``loop://``, but from one buffer instead
+    of a queue of single bytes. A write never blocks: as on a UART whose reader is not
+    reading, bytes beyond ``buffer_size`` are lost and counted in :attr:`overruns` (a
+    ``loop://`` line blocks its writer instead, for ever in a single thread). Reads return at
+    once what is there with ``timeout=0``, else wait up to ``timeout`` for another thread.
+    """
+
+    is_open: bool
+
+    def __init__(self, buffer_size: int = 4096, *, timeout: float | None = 0) -> None:
+        self.buffer_size = buffer_size
+        self.overruns = 0  # bytes lost to a full buffer
+        self._buffer = bytearray()
+        super().__init__(port="sim://", timeout=timeout)
+
+    def open(self) -> None:
+        """Open the line (empty)."""
+        if self.is_open:
+            raise serial.SerialException("the line is already open")
+        self._buffer.clear()
+        self.is_open = True
+
+    def close(self) -> None:
+        """Close the line; what was not read is lost."""
+        self.is_open = False
+        self._buffer.clear()
+
+    def _reconfigure_port(self) -> None:
+        """Nothing to configure on an in-process line."""
+
+    def _check_open(self) -> None:
+        if not self.is_open:
+            raise serial.PortNotOpenError()
+
+    @property
+    def in_waiting(self) -> int:
+        """Bytes written and not read yet."""
+        self._check_open()
+        return len(self._buffer)
+
+    @property
+    def out_waiting(self) -> int:
+        """Nothing waits to go out: a write is delivered at once."""
+        self._check_open()
+        return 0
+
+    def write(self, data: bytes) -> int:
+        """Deliver ``data`` (what does not fit in the buffer is lost); its length."""
+        self._check_open()
+        buffer = self._buffer
+        room = self.buffer_size - len(buffer)
+        if len(data) > room:
+            self.overruns += len(data) - max(room, 0)
+            buffer += data[: max(room, 0)]
+        else:
+            buffer += data
+        return len(data)
+
+    def read(self, size: int = 1) -> bytes:
+        """Up to ``size`` bytes: what is there, after waiting up to ``timeout`` for some."""
+        self._check_open()
+        buffer = self._buffer
+        if not buffer and self.timeout != 0:
+            deadline = None if self.timeout is None else time.monotonic() + self.timeout
+            while not buffer and (deadline is None or time.monotonic() < deadline):
+                time.sleep(0.0005)
+                self._check_open()
+        data = bytes(buffer[:size])
+        del buffer[:size]
+        return data
+
+    def reset_input_buffer(self) -> None:
+        """Drop what was not read."""
+        self._check_open()
+        self._buffer.clear()
+
+    def reset_output_buffer(self) -> None:
+        """Nothing to drop: writes are delivered at once."""
+        self._check_open()
+
+    def _update_rts_state(self) -> None:
+        """No modem lines on an in-process line."""
+
+    def _update_dtr_state(self) -> None:
+        """No modem lines on an in-process line."""
+
+    def _update_break_state(self) -> None:
+        """No break condition on an in-process line."""
 
 
 # -- counters and checksums -----------------------------------------------------------------
@@ -537,9 +633,11 @@ class SimVehicle:
         self._events = sorted(drive.events, key=lambda e: e.at_s)
         self._next_event = 0
         self._next_fix_ms = 0
+        self._phases: list[list[Ecu]] = []
+        self._last_elapsed = 0
         self._random = random.Random(seed)
         self._filler = self._filler_frames()
-        self._filler_next = 0
+        self._filler_cycle = itertools.cycle(self._filler)
         self._filler_due = 0.0
         self._filler_per_ms = 0.0
         self._bus_load = 0.0
@@ -608,7 +706,9 @@ class SimVehicle:
     # -- time -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Begin the drive now."""
+        """Begin the drive now (the ECUs are those of :attr:`ecus` at this moment)."""
+        self._phases = self._cycle_phases()
+        self._last_elapsed = -self.tick_ms
         self._start_ms = self.scheduler.now_ms
         self._next_fix_ms = self._start_ms
         self.scheduler.call_at(self._start_ms, self._tick)
@@ -652,17 +752,26 @@ class SimVehicle:
     def _due(self, elapsed_ms: int, timestamp: float) -> list[can.Message]:
         """The frames due now, in id order."""
         values = self.state.values
-        out = []
         message = can.Message
-        for ecu in self.ecus:
-            due = ecu.next_ms
-            if elapsed_ms < due:
-                continue
-            cycle = ecu.cycle_ms
-            if elapsed_ms - due < cycle:
-                ecu.next_ms = due + cycle
-            else:  # a late clock (wall time): keep the cycle's phase, skip what was missed
-                ecu.next_ms = due + cycle * ((elapsed_ms - due) // cycle + 1)
+        tick = self.tick_ms
+        phases = self._phases
+        if phases and elapsed_ms == self._last_elapsed + tick and not elapsed_ms % tick:
+            # On time, as in simulated time: the ECUs due at this phase of the cycles.
+            due_now = phases[elapsed_ms // tick % len(phases)]
+            for ecu in due_now:
+                ecu.next_ms = elapsed_ms + ecu.cycle_ms
+        else:
+            due_now = []
+            for ecu in self.ecus:
+                due = ecu.next_ms
+                if elapsed_ms < due:
+                    continue
+                # On a late clock (wall time) keep the cycle's phase and skip what was missed.
+                ecu.next_ms = due + ecu.cycle_ms * ((elapsed_ms - due) // ecu.cycle_ms + 1)
+                due_now.append(ecu)
+        self._last_elapsed = elapsed_ms
+        out = []
+        for ecu in due_now:
             data = ecu.data(values)
             ecu.frames += 1
             out.append(
@@ -680,6 +789,18 @@ class SimVehicle:
             )
         return out
 
+    def _cycle_phases(self) -> list[list[Ecu]]:
+        """For each tick of the cycles' common period, the ECUs due (empty: no such table)."""
+        tick = self.tick_ms
+        if any(e.cycle_ms % tick for e in self.ecus) or not self.ecus:
+            return []
+        period = reduce(math.lcm, (e.cycle_ms for e in self.ecus))
+        if period // tick > 100_000:
+            return []
+        return [
+            [e for e in self.ecus if not (k * tick) % e.cycle_ms] for k in range(period // tick)
+        ]
+
     def _fill(self, frames: list[can.Message], timestamp: float) -> None:
         """Add the filler frames due this tick."""
         self._filler_due += self._filler_per_ms * self.tick_ms
@@ -687,16 +808,11 @@ class SimVehicle:
         if not count:
             return
         self._filler_due -= count
-        filler = self._filler
-        i = self._filler_next
         message = can.Message
-        for _ in range(count):
-            frame_id, data = filler[i]
-            frames.append(message(timestamp, frame_id, False, False, False, None, 8, data))
-            i += 1
-            if i == len(filler):
-                i = 0
-        self._filler_next = i
+        frames += [
+            message(timestamp, frame_id, False, False, False, None, 8, data)
+            for frame_id, data in itertools.islice(self._filler_cycle, count)
+        ]
         self.filler_frames_sent += count
 
     def _send_fix(self, now_ms: int) -> None:
