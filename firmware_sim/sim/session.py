@@ -23,7 +23,7 @@ from firmware_sim.core import Action
 from firmware_sim.gnss import GnssReader, GnssSource
 from firmware_sim.sim.drive import Drive
 from firmware_sim.sim.physics import Energy, VehicleState
-from firmware_sim.sim.vehicle import SimBus, SimVehicle
+from firmware_sim.sim.vehicle import SimBus, SimSerial, SimVehicle
 
 __all__ = ["SimulatedCar"]
 
@@ -71,7 +71,7 @@ class SimulatedCar:
         )
         self.observers = observers if observers is not None else []
         self.car_bus: can.BusABC = SimBus(self.channel)
-        self.gnss_line = serial.serial_for_url("loop://", timeout=0)
+        self.gnss_line: serial.SerialBase = SimSerial()
         self.vehicle = SimVehicle(
             self.mapping,
             VehicleState(energy, seed=seed),
@@ -125,6 +125,7 @@ class SimulatedCar:
 
     def reboot(self) -> None:
         """Power comes back: a new box process boots from the same flash."""
+        self.gnss_line.reset_input_buffer()  # what came while the box was off is lost
         self.box = self._new_box()
         self.box.boot()
         self.boots += 1
