@@ -161,12 +161,12 @@ class MqttRecorder:
 
     Its paho client (client id ``client_id`` or a fresh ``tcusim-recorder-...``) runs in a
     background thread, reconnects by itself and subscribes again on each connection
-    (``connects`` counts them, ``disconnects`` the connections lost, each logged: messages
-    sent while it was away are not recorded). Credentials
-    and TLS come from the broker URL (``mqtts://user:password@host``), with ``ca_file`` for a
-    private CA. :meth:`stop` first makes sure everything the broker received before it was
-    called has arrived: it publishes a marker on a topic of its own and waits for it to come
-    back (the broker delivers to one subscriber in order).
+    (``connects`` counts them, ``disconnects`` the connections lost, each one logged: what
+    was sent while it was away is not recorded). Credentials and TLS come from the broker
+    URL (``mqtts://user:password@host``), with ``ca_file`` for a private CA. :meth:`stop`
+    first makes sure everything the broker received before the call has arrived: it
+    publishes a marker on a topic of its own and waits for it to come back (the broker
+    delivers to one subscriber in order).
     """
 
     def __init__(
