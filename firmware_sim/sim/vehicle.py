@@ -164,6 +164,8 @@ class SimBus(can.BusABC):
                 msg = queue.popleft()
                 if filters is None or self._matches_filters(msg):
                     return msg
+            if timeout is not None and timeout <= 0:
+                return None  # nothing waiting, and no time to wait
         message: can.Message | None = super().recv(timeout)
         return message
 
