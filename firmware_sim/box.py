@@ -166,10 +166,11 @@ class Tcu:
         bus, core = self.bus, self.core
         if bus is None or core is None or not self._running:
             return 0
-        feed, on_signals, execute = self.decoder.feed, core.on_signals, self._execute
+        recv, feed = bus.recv, self.decoder.feed
+        on_signals, execute = core.on_signals, self._execute
         n = 0
         while n < limit:
-            msg = bus.recv(0)
+            msg = recv(0)
             if msg is None:
                 break
             n += 1
