@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from firmware_sim.errors import ConfigError
 from firmware_sim.scenario.model import load_scenario
 from firmware_sim.scenario.record import RunRecord
+from firmware_sim.scenario.report import record_to_json, write_report
 from firmware_sim.scenario.runner import ScenarioRunner
 
 
@@ -82,11 +82,9 @@ def run_command(args: argparse.Namespace) -> int:
     )
     record = runner.run()
     if args.report is not None:
-        from firmware_sim.scenario.report import write_report  # noqa: PLC0415
-
         write_report(record, args.report)
     if args.json is not None:
-        args.json.write_text(json.dumps(record.to_json(), indent=1), encoding="utf-8")
+        record_to_json(record, args.json)
     print_summary(record)
     return 0 if record.passed else 1
 
