@@ -24,6 +24,7 @@ A frame without counters is re-encoded only when its values changed.
 plain queue per receiver and no copy, and the timestamps the sender gave. The car puts the
 frames of one tick on it at once. ``bus_load`` adds frames of ids the network does not use,
 up to a fraction of a 500 kbit/s bus, as the other ECUs of a real car would.
+:class:`SimSerial` is the in-process serial line for the GNSS receiver's NMEA.
 """
 
 from __future__ import annotations
@@ -317,7 +318,7 @@ def checksum_signals(message: Message) -> list[Signal]:
     return [s for s in message.signals if _CHECKSUM_NAME.search(s.name)]
 
 
-def _read_raw(message: Message, signal: Signal, data: bytes) -> int:
+def _read_raw(signal: Signal, data: bytes) -> int:
     """A signal's raw (unsigned) bits from a frame's bytes."""
     n = len(data)
     if signal.byte_order == "little_endian":
@@ -335,7 +336,7 @@ def _nibble_parity_of_setpoint(message: Message, data: bytes) -> int:
     commaai/opendbc's PSA port computes it (``set_speed``); for a setpoint of 0 either
     reading gives 0.
     """
-    setpoint = _read_raw(message, message.get_signal_by_name("SPEED_SETPOINT"), data)
+    setpoint = _read_raw(message.get_signal_by_name("SPEED_SETPOINT"), data)
     high = (setpoint >> 4 & 0xF).bit_count() & 1
     low = (setpoint & 0xF).bit_count() & 1
     return high << 1 | low
