@@ -254,18 +254,23 @@ class Tcu:
         return self.flash.evicted
 
     def _apply_privacy(self, action: ApplyPrivacy) -> None:
+        uplink = self.uplink
+        # Over a live connection the uploads already handed over arrive within moments, as
+        # they were collected; over a dead one they could wait for hours, so they are taken
+        # back and rewritten like the rest.
+        live = uplink is not None and uplink.connected
+        in_flight = uplink.in_flight_seqs if uplink is not None else frozenset()
         rewritten, stripped = self.flash.apply_privacy(
             action.privacy,
             action.allowed,
             lambda sid: self.catalog.by_id(sid).scope,
             drop_sample_ids=action.drop_sample_ids,
             now_ms=self.scheduler.now_ms,
+            protect=in_flight if live else (),
         )
         self.stats.stripped_by_privacy += stripped
-        if rewritten and self.uplink is not None and self.uplink.in_flight_seqs:
-            # The connection may still hold the old versions: take them back, hand the
-            # rewritten ones over instead.
-            self.uplink.recall()
+        if rewritten and uplink is not None and in_flight and not live:
+            uplink.recall()
             self._handed = -1
 
     # -- uplink ---------------------------------------------------------------------------

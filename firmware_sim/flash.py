@@ -317,8 +317,12 @@ class FlashStore:
         *,
         drop_sample_ids: Iterable[int] = (),
         now_ms: int = 0,
+        protect: Iterable[int] = (),
     ) -> tuple[int, int]:
         """Apply a new privacy setting in one transaction.
+
+        Entries in ``protect`` (already on their way over a live connection) are left as
+        they are.
 
         The setting is remembered, the given journaled samples are deleted, and every series
         whose scope is not ``allowed`` is stripped from the queued uploads. The entries keep
@@ -327,6 +331,7 @@ class FlashStore:
         Returns (uploads rewritten, samples stripped from them).
         """
         drop = [(i,) for i in drop_sample_ids]
+        protected = set(protect)
         rewritten = stripped = 0
 
         def write(db: sqlite3.Connection) -> None:
@@ -335,6 +340,8 @@ class FlashStore:
             db.executemany("DELETE FROM journal WHERE id = ?", drop)
             rows = db.execute("SELECT seq, payload FROM outbox ORDER BY seq").fetchall()
             for seq, raw in rows:
+                if seq in protected:
+                    continue
                 try:
                     uplink = decode_uplink(bytes(raw))
                 except PayloadError:

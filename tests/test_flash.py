@@ -176,3 +176,16 @@ def test_queue_survives_kill_9(tmp_path: Path) -> None:
     # At most the one sample journaled just before each kill is still waiting to be packed
     # (this writer does not pack what it finds at boot).
     assert len(state.pending) <= 2
+
+
+def test_uploads_on_their_way_over_a_live_connection_are_not_rewritten(tmp_path: Path) -> None:
+    scope_of = lambda sid: CATALOG.by_id(sid).scope  # noqa: E731
+    with FlashStore(tmp_path / "f.sqlite3") as flash:
+        flash.boot()
+        flash.enqueue(0, payload(0, SPEED, LAT), 1, [], created_ms=0)
+        flash.enqueue(1, payload(1, SPEED, LAT), 1, [], created_ms=0)
+        allowed = frozenset(Scope) - {Scope.POSITION}
+        assert flash.apply_privacy(Privacy.GEOLOCATION, allowed, scope_of, protect=[0]) == (1, 2)
+        first, second = (decode_uplink(e.payload) for e in flash.entries())
+        assert {s.signal_id for s in first.series} == {SPEED, LAT}  # left as it was
+        assert {s.signal_id for s in second.series} == {SPEED}
