@@ -467,8 +467,18 @@ def _parse_action(
         return ctx.choice(raw, line, field_, PRIVACY)
     if kind == "precondition":
         return ctx.choice(raw, line, field_, PRECONDITIONING)
-    if kind == "plug":
-        return ctx.choice(raw, line, field_, {"in": True, "out": False})
+    if kind == "plug":  # in | out | {power_kw: N}: plugged in to a charger of that power
+        if isinstance(raw, PosDict):
+            d = ctx.mapping(raw, line, field_, {"power_kw"})
+            power = d.get("power_kw")
+            if (
+                isinstance(power, bool)
+                or not isinstance(power, int | float)
+                or not 0 < power <= 400
+            ):
+                raise ctx.fail(_line(d, "power_kw"), f"{field_}.power_kw", "must be 0..400 kW")
+            return float(power)
+        return ctx.choice(raw, line, field_, {"in": 7.4, "out": 0.0})
     if kind == "charge":
         return ctx.choice(raw, line, field_, {"start": True, "stop": False})
     if kind in ("crash", "low_battery"):

@@ -253,7 +253,7 @@ class ScenarioRunner:
         elif kind == "precondition":
             car.vehicle.apply({"Vehicle.Cabin.HVAC.Preconditioning.State": value})
         elif kind == "plug":
-            state.plug_in() if value else state.unplug()
+            state.plug_in(value) if value else state.unplug()
         elif kind == "charge":
             state.start_charging() if value else state.stop_charging()
         elif kind == "crash":
