@@ -526,7 +526,6 @@ class VehicleFactory:
         drive: Drive | None,
         mapping: SignalMapping | None,
     ) -> Tcu:
-        import serial  # noqa: PLC0415
 
         from can_dbc.decoder import CompiledDecoder  # noqa: PLC0415
         from firmware_sim.box import Tcu  # noqa: PLC0415
@@ -535,7 +534,7 @@ class VehicleFactory:
         from firmware_sim.gnss import GnssReader, GnssSource  # noqa: PLC0415
         from firmware_sim.sim.drive import city_drive  # noqa: PLC0415
         from firmware_sim.sim.physics import VehicleState  # noqa: PLC0415
-        from firmware_sim.sim.vehicle import SimVehicle  # noqa: PLC0415
+        from firmware_sim.sim.vehicle import SimSerial, SimVehicle  # noqa: PLC0415
 
         vin = tcu_config.vin
         o = self.options
@@ -549,7 +548,7 @@ class VehicleFactory:
             car_bus = self.can.open()
             stack.callback(car_bus.shutdown)
             if o.gnss_port is None:
-                sim_gnss = serial.serial_for_url("loop://", timeout=0)
+                sim_gnss = SimSerial()
                 stack.callback(sim_gnss.close)
             sim = SimVehicle(
                 mapping,

@@ -9,8 +9,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import serial
-
 from can_dbc.decoder import CompiledDecoder
 from can_dbc.mapping import load_mapping
 from can_dbc.network import load_car_network
@@ -22,7 +20,7 @@ from firmware_sim.gnss import GnssReader, GnssSource
 from firmware_sim.runner import open_bus, run_wall_clock
 from firmware_sim.sim.drive import city_drive
 from firmware_sim.sim.physics import VehicleState
-from firmware_sim.sim.vehicle import SimVehicle
+from firmware_sim.sim.vehicle import SimSerial, SimVehicle
 
 
 def add_subparser(subparsers: Any) -> None:
@@ -119,7 +117,7 @@ def run_vehicle(args: argparse.Namespace) -> int:
         if args.simulate:
             car_bus = open_bus(args.can_interface, args.can_channel, **options)
             stack.callback(car_bus.shutdown)
-            gnss_line = serial.serial_for_url("loop://", timeout=0) if not args.gnss else None
+            gnss_line = SimSerial() if not args.gnss else None
             vehicle = SimVehicle(
                 mapping,
                 VehicleState(),
