@@ -80,6 +80,18 @@ class DecoderStats:
     unmapped_values: collections.Counter[str] = field(default_factory=collections.Counter)
     non_finite: collections.Counter[str] = field(default_factory=collections.Counter)
 
+    def counted_apart(self, msg: can.Message) -> bool:
+        """Count an error or a remote frame (they carry no signals); False for a data frame."""
+        if msg.is_error_frame:
+            self.frames += 1
+            self.error_frames += 1
+            return True
+        if msg.is_remote_frame:
+            self.frames += 1
+            self.remote_frames += 1
+            return True
+        return False
+
     def as_dict(self) -> dict[str, Any]:
         """The counts as a JSON-ready dict."""
         return {
@@ -259,13 +271,7 @@ class CompiledDecoder:
 
     def feed(self, msg: can.Message) -> list[tuple[int, Value]] | None:
         """Decode a python-can message; error and remote frames are counted apart."""
-        if msg.is_error_frame:
-            self.stats.frames += 1
-            self.stats.error_frames += 1
-            return None
-        if msg.is_remote_frame:
-            self.stats.frames += 1
-            self.stats.remote_frames += 1
+        if self.stats.counted_apart(msg):
             return None
         return self.decode(msg.arbitration_id, msg.is_extended_id, msg.data)
 
@@ -391,13 +397,7 @@ class MessageDecoder:
 
     def feed(self, msg: can.Message) -> tuple[Message, dict[str, Any]] | None:
         """Decode a python-can message; error and remote frames are counted apart."""
-        if msg.is_error_frame:
-            self.stats.frames += 1
-            self.stats.error_frames += 1
-            return None
-        if msg.is_remote_frame:
-            self.stats.frames += 1
-            self.stats.remote_frames += 1
+        if self.stats.counted_apart(msg):
             return None
         return self.decode(msg.arbitration_id, msg.is_extended_id, msg.data)
 
