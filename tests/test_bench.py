@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import can
 import pytest
+from waiting import wait_for
 
 from can_dbc.decoder import CompiledDecoder
 from can_dbc.encoder import FrameEncoder
@@ -98,15 +98,6 @@ def test_box_uploads_at_once_on_ignition_in_wall_clock_time(
             box.shutdown()
             box_bus.shutdown()
             ecu_bus.shutdown()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_an_interface_that_cannot_open_is_a_clear_error() -> None:

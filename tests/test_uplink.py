@@ -5,11 +5,11 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from firmware_sim.config import ConfigError, UplinkConfig, parse_broker_url
 from firmware_sim.errors import LifecycleError, UplinkError
@@ -17,15 +17,6 @@ from firmware_sim.uplink import MqttUplink, backoff_delays, presence_topic, upli
 
 WAIT = 10.0
 PREFIX = "tcusim/v1"
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def acked_all(uplink: MqttUplink, seqs: set[int]) -> set[int]:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from conftest import TlsFiles, make_ca
+from waiting import wait_for
 
 from firmware_sim.config import UplinkConfig, parse_broker_url
 from firmware_sim.uplink import MqttUplink
@@ -33,11 +34,13 @@ def test_tls_with_credentials_delivers(tls_broker: MosquittoBroker, tls_files: T
     with uplink(with_user(tls_broker, "box", tls_files.users["box"]), tls_files.ca) as up:
         assert up.wait_connected(WAIT), up.refused
         up.publish(0, b"over TLS")
-        deadline = time.monotonic() + WAIT
         acked: list[int] = []
-        while not acked and time.monotonic() < deadline:
-            acked = up.take_acked()
-            time.sleep(0.01)
+
+        def acknowledged() -> bool:
+            acked.extend(up.take_acked())
+            return bool(acked)
+
+        assert wait_for(acknowledged)
         assert acked == [0]
 
 
@@ -45,9 +48,7 @@ def test_wrong_password_is_refused_with_the_brokers_reason(
     tls_broker: MosquittoBroker, tls_files: TlsFiles
 ) -> None:
     with uplink(with_user(tls_broker, "box", "wrong"), tls_files.ca) as up:
-        deadline = time.monotonic() + WAIT
-        while up.refused is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert wait_for(lambda: up.refused is not None)
         assert not up.connected
         assert up.refused is not None and "authoriz" in up.refused.lower()
 
