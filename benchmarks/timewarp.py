@@ -42,6 +42,8 @@ import cantools
 from can_dbc.network import load_car_network
 from firmware_sim.clock import SimScheduler
 from firmware_sim.config import TcuConfig
+from firmware_sim.scenario.model import load_scenario
+from firmware_sim.scenario.runner import ScenarioRunner
 from firmware_sim.sim.drive import commute
 from firmware_sim.sim.physics import VehicleState
 from firmware_sim.sim.session import SimulatedCar
@@ -225,6 +227,27 @@ def _show(name: str, run: dict[str, Any], bare_fps: float) -> None:
     )
 
 
+REFERENCE = Path(__file__).resolve().parent.parent / "scenarios" / "reference_hour_full_load.yaml"
+
+
+def run_reference_scenario() -> dict[str, Any]:
+    """The shipped reference scenario through ``tcusim scenario run``'s runner, end to end."""
+    scenario = load_scenario(REFERENCE)
+    with tempfile.TemporaryDirectory(prefix="tcusim-timewarp-") as tmp:
+        record = ScenarioRunner(scenario, data_dir=Path(tmp)).run()
+    simulated = (record.end_ms - record.start_ms) / 1000
+    return {
+        "scenario": scenario.name,
+        "bus_load": scenario.bus_load,
+        "simulated_s": simulated,
+        "wall_s": record.wall_s,
+        "timewarp": round(simulated / record.wall_s, 1),
+        "expectations_held": record.passed,
+        "frames_sent": record.counters.get("frames_sent", 0),
+        "stored_payloads": record.counters.get("stored_payloads", 0),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print each figure and a closing JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -250,8 +273,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     bare_fps = baseline_virtual_bus(sample, loaded["frames_sent"])
     cantools_fps = baseline_cantools(sample, repeat=2000)
 
+    reference = run_reference_scenario()
+
     _show("loaded", loaded, bare_fps)
     _show("network only", network, bare_fps)
+    print(
+        f"reference scenario ({REFERENCE.name}): {reference['timewarp']:,.1f}x real time "
+        f"({reference['simulated_s']:.0f} simulated s in {reference['wall_s']:.2f} wall s, "
+        f"expectations {'held' if reference['expectations_held'] else 'FAILED'})"
+    )
     print(
         f"baselines: python-can virtual bus send+recv {bare_fps:,.0f} frames/s "
         f"({loaded['frames_sent']:,} frames); cantools decode_message over the network's "
@@ -270,6 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bitrate": BITRATE,
         "timewarp": loaded["timewarp"],
         "timewarp_network_only": network["timewarp"],
+        "timewarp_reference_scenario": reference["timewarp"],
+        "reference_scenario": reference,
         "target": TARGET,
         "aim": AIM,
         "loaded": loaded,
@@ -288,6 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     RESULTS.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(summary))
     ok = all(r["stored_all"] and r["queue_drained"] for r in (loaded, network))
+    ok = ok and bool(reference["expectations_held"])
     return 0 if ok else 1
 
 
