@@ -344,10 +344,8 @@ class ScenarioRunner:
                 self.progress(done / total, time.monotonic() - wall_start)
 
     def _finish(self, car: SimulatedCar, gateway: GatewayThread) -> None:
-        box = car.box
-        if not box.running:  # the scenario ended during a power cut: it comes back to drain
+        if not car.box.running:  # the scenario ended during a power cut: it comes back to drain
             car.reboot()
-        assert box.core is not None or car.box.core is not None
         core = car.box.core
         assert core is not None
         self._pending_at_end = {s.id for s in core.pending_samples()}
