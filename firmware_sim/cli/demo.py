@@ -181,3 +181,7 @@ def _print_summary(s: dict[str, Any]) -> None:
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
     print(f"\nInspect it: tcusim gateway status {s['vin']} --db {s['data_dir']}/gateway.sqlite3")
+    print(
+        "Drive a scenario with faults and a report: tcusim scenario run "
+        "scenarios/city_commute_diesel_2017.yaml --report run.html"
+    )
