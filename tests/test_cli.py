@@ -29,25 +29,26 @@ def test_help_lists_every_subcommand() -> None:
 
 
 def test_demo_on_the_embedded_broker(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    status, summary = run_json(
-        capsys, ["demo", "--minutes", "3", "--data-dir", str(tmp_path), "--json"]
-    )
-    assert status == 0
+    status, summary = run_json(capsys, ["demo", "--data-dir", str(tmp_path), "--json"])
+    assert status == 0 and summary["passed"] is True
     assert summary["broker"] != "" and summary["queue_drained"] is True
     assert summary["stored_payloads"] == summary["uploads"]
     assert summary["seq_gaps"] == 0 and summary["rejected"] == 0
+    assert summary["boots"] == 2  # the power cut on the way
     # Every sample is stored, kept for the next upload, or withdrawn by the driver's choice.
     assert summary["samples"] == (
         summary["stored_samples"] + summary["samples_pending"] + summary["dropped_by_privacy"]
     )
     triggers = summary["uploads_by_trigger"]
     assert isinstance(triggers, dict)
-    assert triggers["periodic"] == 3 and triggers["door"] == 4 and triggers["privacy"] == 1
+    assert triggers["door"] == 4 and triggers["privacy"] == 1 and triggers["ignition_on"] == 1
     assert summary["positions_before_privacy"] and not summary["positions_after_privacy"]
     with SqliteStore(tmp_path / "gateway.sqlite3") as store:
         payloads = store.payloads(str(summary["vin"]))
     assert len(payloads) == summary["uploads"]
     assert all(conforms(p.raw) for p in payloads), "a payload breaks uplink.cddl"
+    report = Path(str(summary["report"])).read_text()
+    assert "Demo commute" in report and report.count("<svg") >= 4
 
 
 def test_demo_on_mosquitto(
@@ -56,27 +57,14 @@ def test_demo_on_mosquitto(
     url = broker.url  # type: ignore[attr-defined]
     status, summary = run_json(
         capsys,
-        [
-            "demo",
-            "--minutes",
-            "2",
-            "--data-dir",
-            str(tmp_path),
-            "--broker",
-            url,
-            "--json",
-            "--vin",
-            "VR3UHZKXZLT000401",
-        ],
+        ["demo", "--data-dir", str(tmp_path), "--broker", url, "--json", "--seed", "3"],
     )
-    assert status == 0 and summary["broker"] == url and summary["model_year"] == 2020
-    assert summary["stored_payloads"] == summary["uploads"]
-    triggers = summary["uploads_by_trigger"]
-    assert isinstance(triggers, dict) and triggers["periodic"] == 12  # every 10 s
+    assert status == 0 and summary["broker"] == url and summary["model_year"] == 2017
+    assert summary["stored_payloads"] == summary["uploads"] and summary["passed"] is True
 
 
 def test_gateway_status_of_the_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main(["demo", "--minutes", "2", "--data-dir", str(tmp_path), "--json"])
+    main(["demo", "--data-dir", str(tmp_path), "--json"])
     capsys.readouterr()
     db = str(tmp_path / "gateway.sqlite3")
     assert main(["gateway", "status", "VR3UHZKXZHT000042", "--db", db]) == 0
@@ -137,7 +125,7 @@ RUN = ["vehicle", "run", "--vin", "VR3UHZKXZHT000403", "--broker", "mqtt://127.0
         ([*RUN, "--dbc", "x.dbc"], "give the mapping too"),
         ([*RUN, "--duration", "-1"], "--duration"),
         ([*RUN, "--bitrate", "500000"], "--bitrate"),
-        (["demo", "--minutes", "1"], "--minutes"),
+        (["demo", "--seed", "-1"], "--seed"),
     ],
 )
 def test_bad_input_is_one_clear_line(

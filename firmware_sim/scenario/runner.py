@@ -157,6 +157,7 @@ class ScenarioRunner:
         self._evicted: set[int] = set()
         self._pending_at_end: set[int] = set()
         self._stripped = 0
+        self._drained = False
         if broker_url and any(f.kind == "broker_outage" for f in scenario.faults):
             raise ConfigError("a broker_outage fault needs the runner's own broker (no --broker)")
 
@@ -352,7 +353,8 @@ class ScenarioRunner:
         self._evicted.update(car.box.stats.evicted)
         self._stripped += car.box.stats.stripped_by_privacy
         expected = core.next_seq - len(self._evicted)
-        if not car.close(drain_timeout=DRAIN_S):
+        self._drained = car.close(drain_timeout=DRAIN_S)
+        if not self._drained:
             log.warning("the box's queue did not drain within %.0f s", DRAIN_S)
         if not gateway.wait_until(
             lambda s: s.payload_count(self.scenario.config.vin) >= expected, DRAIN_S
@@ -411,6 +413,11 @@ class ScenarioRunner:
             stored_samples=store.sample_count(vin),
             rejected=len(store.rejections(vin)),
             duplicates_at_gateway=gateway.stats.duplicates,
+            samples_pending=len(self._pending_at_end),
+            dropped_by_privacy=len(self.observer.dropped),
+            stripped_by_privacy=self._stripped,
+            queue_drained=int(self._drained),
+            seq_gaps=len(store.seq_gaps(vin)),
         )
         self.record.payload_digest = self.observer.digest.hexdigest()
 
