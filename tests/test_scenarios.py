@@ -273,3 +273,15 @@ def test_a_run_writes_its_report_and_recordings(tmp_path: Path, broker: object) 
     assert start <= frames[0].timestamp < start + 1
     lines = (recordings / "mqtt.jsonl").read_text().splitlines()
     assert sum('"/up"' in line or '/up"' in line for line in lines) >= 5
+
+
+@pytest.mark.parametrize("text", ["a: !0 x\n", "a: !!timestamp 2026-13-45\n", "!custom 3\n"])
+def test_tags_the_safe_loader_does_not_know_are_refused_with_the_line(text: str) -> None:
+    with pytest.raises(ScenarioError) as info:
+        load_yaml(text, "tags.yaml")
+    assert info.value.line == 1
+
+
+def test_a_document_that_refers_to_itself_is_refused() -> None:
+    with pytest.raises(ScenarioError, match="refers to itself"):
+        load_yaml("a: &x [1, *x]\n", "loop.yaml")

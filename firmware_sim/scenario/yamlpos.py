@@ -59,7 +59,11 @@ def _convert(node: yaml.Node, source: str, scalars: yaml.SafeLoader) -> Any:
         items.item_lines = [n.start_mark.line + 1 for n in node.value]
         return items
     # Scalars: the safe loader's own resolution (ints, floats, booleans, null, strings).
-    return scalars.construct_object(node, deep=True)
+    try:
+        return scalars.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, OverflowError) as exc:  # an unknown tag, a bad date
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ScenarioError(source, line, "", f"not a value: {problem}") from None
 
 
 def load_yaml(text: str, source: str) -> Any:
@@ -73,4 +77,7 @@ def load_yaml(text: str, source: str) -> Any:
         raise ScenarioError(source, line, "", f"not valid YAML: {problem}") from None
     if node is None:
         raise ScenarioError(source, 1, "", "the file is empty")
-    return _convert(node, source, yaml.SafeLoader(""))
+    try:
+        return _convert(node, source, yaml.SafeLoader(""))
+    except RecursionError:
+        raise ScenarioError(source, None, "", "nested too deep, or refers to itself") from None
