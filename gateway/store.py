@@ -941,14 +941,19 @@ def open_store(target: str | Path, **options: Any) -> Store:
     """A store for a database URL (``sqlite:///relative``, ``sqlite:////absolute``) or a path.
 
     As in SQLAlchemy, ``sqlite:///x.db`` is relative and ``sqlite:////tmp/x.db`` absolute;
-    ``sqlite://`` and ``sqlite:///:memory:`` are in memory.
+    ``sqlite://`` and ``sqlite:///:memory:`` are in memory. ``postgresql://...`` (or
+    ``postgres://...``) is a :class:`~gateway.store_pg.PostgresStore`.
     """
     text = str(target)
     if "://" not in text:
         return SqliteStore(text, **options)
     scheme, _, rest = text.partition("://")
+    if scheme in ("postgresql", "postgres"):
+        from gateway.store_pg import PostgresStore  # noqa: PLC0415 (psycopg only when asked)
+
+        return PostgresStore(text, **options)
     if scheme != "sqlite":
-        raise StorageError(f"unsupported database URL {text!r} (only sqlite:// for now)")
+        raise StorageError(f"unsupported database URL {text!r} (sqlite:// or postgresql://)")
     if rest in ("", "/", "/:memory:"):
         return SqliteStore(":memory:", **options)
     if not rest.startswith("/"):

@@ -119,7 +119,7 @@ def test_open_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     with open_store(tmp_path / "plain.sqlite3") as store:
         assert store.payload_count() == 0
     with pytest.raises(StorageError, match="unsupported"):
-        open_store("postgresql://localhost/x")
+        open_store("mysql://localhost/x")
 
 
 def test_a_foreign_database_is_refused_and_left_alone(tmp_path: Path) -> None:

@@ -295,3 +295,12 @@ def test_a_batch_that_cannot_commit_stores_nothing(fresh: str) -> None:
         assert store.payload_count() == 0
         assert store.rejections() == []
         assert store.ingest(VINS[0], uplink(), 1).outcome is Outcome.ACCEPTED
+
+
+def test_open_store_opens_postgresql_urls(pg_url: str) -> None:
+    from gateway.store import open_store  # noqa: PLC0415
+    from gateway.store_pg import PostgresStore  # noqa: PLC0415
+
+    with open_store(pg_url) as store:
+        assert isinstance(store, PostgresStore)
+        assert store.schema_version() >= 1
