@@ -290,13 +290,41 @@ class Store(ABC):
     def rejections(self, vin: str | None = None, limit: int | None = None) -> list[Rejection]:
         """Kept rejections, oldest first (of one vehicle, or of all)."""
 
-    @abstractmethod
-    def counters(self) -> dict[str, int]:
-        """``accepted``, ``duplicates``, ``presence``, ``rejected`` and ``rejected.<reason>``."""
+    # The queries below are the same SQL on every backend; ``_P`` is the driver's parameter
+    # placeholder.
+    _P = "?"
 
     @abstractmethod
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run a read-only query and return every row."""
+
+    def counters(self) -> dict[str, int]:
+        """``accepted``, ``duplicates``, ``presence``, ``rejected`` and ``rejected.<reason>``."""
+        dup, presence = self._query(
+            "SELECT COALESCE(SUM(duplicates), 0), COALESCE(SUM(presence_updates), 0) FROM vehicles"
+        )[0]
+        result = {
+            "accepted": self.payload_count(),
+            "duplicates": int(dup),
+            "presence": int(presence),
+            "rejected": 0,
+        }
+        for reason, n in self._query(
+            "SELECT reason, COUNT(*) FROM rejected GROUP BY reason ORDER BY reason"
+        ):
+            result[f"rejected.{reason}"] = int(n)
+            result["rejected"] += int(n)
+        return result
+
     def seq_gap_ranges(self, vin: str) -> list[tuple[int, int]]:
-        """Inclusive ranges of sequence numbers below the highest one that never arrived."""
+        """Inclusive ranges of sequence numbers (from 0) below the highest that never arrived."""
+        rows = self._query(
+            "SELECT prev + 1, seq - 1 FROM ("
+            " SELECT seq, LAG(seq, 1, CAST(-1 AS BIGINT)) OVER (ORDER BY seq) AS prev"
+            f" FROM payloads WHERE vin = {self._P}) AS ordered WHERE seq > prev + 1 ORDER BY seq",
+            (vin,),
+        )
+        return [(int(r[0]), int(r[1])) for r in rows]
 
     def seq_gaps(self, vin: str, limit: int = 100_000) -> list[int]:
         """Sequence numbers (from 0) below the highest received one that never arrived."""
@@ -307,13 +335,24 @@ class Store(ABC):
                 break
         return gaps
 
-    @abstractmethod
+    _VEHICLE_COLUMNS = (
+        "vin, first_seen_ms, last_seen_ms, presence, presence_at_ms, boot, max_seq,"
+        " evicted, duplicates,"
+        " (SELECT COUNT(*) FROM rejected r WHERE r.vin = vehicles.vin AND r.reason = 'box_reset'),"
+        " (SELECT MIN(received_at_ms) FROM rejected r"
+        "  WHERE r.vin = vehicles.vin AND r.reason = 'box_reset')"
+    )
+
     def vehicle(self, vin: str) -> Vehicle | None:
         """The vehicle with this VIN, or ``None``."""
+        sql = f"SELECT {self._VEHICLE_COLUMNS} FROM vehicles WHERE vin = {self._P}"
+        rows = self._query(sql, (vin,))
+        return Vehicle(*rows[0]) if rows else None
 
-    @abstractmethod
     def vehicles(self) -> list[Vehicle]:
         """Every known vehicle, by VIN."""
+        rows = self._query(f"SELECT {self._VEHICLE_COLUMNS} FROM vehicles ORDER BY vin")
+        return [Vehicle(*r) for r in rows]
 
     def status(self, vin: str) -> dict[str, Any] | None:
         """A readable last-known state of one vehicle (``None`` when unknown)."""
@@ -886,52 +925,6 @@ class SqliteStore(Store):
             Rejection(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5], bytes(r[6]))
             for r in self._query(sql, params)
         ]
-
-    def counters(self) -> dict[str, int]:
-        """``accepted``, ``duplicates``, ``presence``, ``rejected`` and ``rejected.<reason>``."""
-        dup, presence = self._query(
-            "SELECT COALESCE(SUM(duplicates), 0), COALESCE(SUM(presence_updates), 0) FROM vehicles"
-        )[0]
-        result = {
-            "accepted": self.payload_count(),
-            "duplicates": int(dup),
-            "presence": int(presence),
-            "rejected": 0,
-        }
-        for reason, n in self._query(
-            "SELECT reason, COUNT(*) FROM rejected GROUP BY reason ORDER BY reason"
-        ):
-            result[f"rejected.{reason}"] = int(n)
-            result["rejected"] += int(n)
-        return result
-
-    def seq_gap_ranges(self, vin: str) -> list[tuple[int, int]]:
-        """Inclusive ranges of sequence numbers (from 0) below the highest that never arrived."""
-        rows = self._query(
-            "SELECT prev + 1, seq - 1 FROM ("
-            " SELECT seq, LAG(seq, 1, -1) OVER (ORDER BY seq) AS prev"
-            " FROM payloads WHERE vin = ?) WHERE seq - prev > 1 ORDER BY seq",
-            (vin,),
-        )
-        return [(int(r[0]), int(r[1])) for r in rows]
-
-    _VEHICLE_COLUMNS = (
-        "vin, first_seen_ms, last_seen_ms, presence, presence_at_ms, boot, max_seq,"
-        " evicted, duplicates,"
-        " (SELECT COUNT(*) FROM rejected r WHERE r.vin = vehicles.vin AND r.reason = 'box_reset'),"
-        " (SELECT MIN(received_at_ms) FROM rejected r"
-        "  WHERE r.vin = vehicles.vin AND r.reason = 'box_reset')"
-    )
-
-    def vehicle(self, vin: str) -> Vehicle | None:
-        """The vehicle with this VIN, or ``None``."""
-        rows = self._query(f"SELECT {self._VEHICLE_COLUMNS} FROM vehicles WHERE vin = ?", (vin,))
-        return Vehicle(*rows[0]) if rows else None
-
-    def vehicles(self) -> list[Vehicle]:
-        """Every known vehicle, by VIN."""
-        rows = self._query(f"SELECT {self._VEHICLE_COLUMNS} FROM vehicles ORDER BY vin")
-        return [Vehicle(*r) for r in rows]
 
     def __repr__(self) -> str:
         return f"<SqliteStore {self.path}>"

@@ -38,7 +38,6 @@ from gateway.store import (
     Store,
     StoredPayload,
     Value,
-    Vehicle,
     _ids,
     _now_ms,
     _out_of_int64,
@@ -157,6 +156,8 @@ class PostgresStore(Store):
     ``read_only=True`` opens a fully migrated gateway database in read-only transactions and
     refuses anything else. ``timeout`` is the connect timeout in seconds.
     """
+
+    _P = "%s"
 
     def __init__(
         self,
@@ -589,52 +590,6 @@ class PostgresStore(Store):
             Rejection(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5], bytes(r[6]))
             for r in self._query(sql, params)
         ]
-
-    def counters(self) -> dict[str, int]:
-        """``accepted``, ``duplicates``, ``presence``, ``rejected`` and ``rejected.<reason>``."""
-        dup, presence = self._query(
-            "SELECT COALESCE(SUM(duplicates), 0), COALESCE(SUM(presence_updates), 0) FROM vehicles"
-        )[0]
-        result = {
-            "accepted": self.payload_count(),
-            "duplicates": int(dup),
-            "presence": int(presence),
-            "rejected": 0,
-        }
-        for reason, n in self._query(
-            "SELECT reason, COUNT(*) FROM rejected GROUP BY reason ORDER BY reason"
-        ):
-            result[f"rejected.{reason}"] = int(n)
-            result["rejected"] += int(n)
-        return result
-
-    def seq_gap_ranges(self, vin: str) -> list[tuple[int, int]]:
-        """Inclusive ranges of sequence numbers (from 0) below the highest that never arrived."""
-        rows = self._query(
-            "SELECT prev + 1, seq - 1 FROM ("
-            " SELECT seq, LAG(seq, 1, -1::BIGINT) OVER (ORDER BY seq) AS prev"
-            " FROM payloads WHERE vin = %s) AS ordered WHERE seq > prev + 1 ORDER BY seq",
-            (vin,),
-        )
-        return [(int(r[0]), int(r[1])) for r in rows]
-
-    _VEHICLE_COLUMNS = (
-        "vin, first_seen_ms, last_seen_ms, presence, presence_at_ms, boot, max_seq,"
-        " evicted, duplicates,"
-        " (SELECT COUNT(*) FROM rejected r WHERE r.vin = vehicles.vin AND r.reason = 'box_reset'),"
-        " (SELECT MIN(received_at_ms) FROM rejected r"
-        "  WHERE r.vin = vehicles.vin AND r.reason = 'box_reset')"
-    )
-
-    def vehicle(self, vin: str) -> Vehicle | None:
-        """The vehicle with this VIN, or ``None``."""
-        rows = self._query(f"SELECT {self._VEHICLE_COLUMNS} FROM vehicles WHERE vin = %s", (vin,))
-        return Vehicle(*rows[0]) if rows else None
-
-    def vehicles(self) -> list[Vehicle]:
-        """Every known vehicle, by VIN."""
-        rows = self._query(f"SELECT {self._VEHICLE_COLUMNS} FROM vehicles ORDER BY vin")
-        return [Vehicle(*r) for r in rows]
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self._name}>"
