@@ -39,11 +39,15 @@ from gateway.errors import StorageError
 __all__ = [
     "DEFAULT_DB_PATH",
     "MIGRATIONS",
+    "Delivery",
+    "DeliveryState",
     "IngestResult",
     "Kind",
     "Message",
     "Migration",
     "Outcome",
+    "PayloadRef",
+    "Record",
     "Rejection",
     "SqliteStore",
     "Store",
@@ -173,6 +177,53 @@ class Vehicle:
 
 
 @dataclass(frozen=True, slots=True)
+class Record:
+    """One API resource (a callback, a monitor, a remote action) kept as a JSON body."""
+
+    kind: str
+    id: str
+    owner: str
+    vin: str | None
+    body: dict[str, Any]
+    created_ms: int
+    updated_ms: int
+
+
+class DeliveryState(enum.StrEnum):
+    """Where one queued webhook notification stands."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DROPPED = "dropped"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One webhook notification in the delivery queue."""
+
+    id: int
+    callback_id: str
+    target: str
+    body: bytes
+    headers: dict[str, str]
+    created_ms: int
+    next_attempt_ms: int
+    attempts: int
+    state: DeliveryState
+    last_error: str
+    done_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadRef:
+    """An accepted payload with its store-wide arrival order (``id`` grows with each)."""
+
+    id: int
+    vin: str
+    payload: StoredPayload
+
+
+@dataclass(frozen=True, slots=True)
 class Migration:
     """One step of the schema, applied in one transaction."""
 
@@ -239,6 +290,37 @@ MIGRATIONS: tuple[Migration, ...] = (
                 raw BLOB NOT NULL
             )""",
             "CREATE INDEX rejected_by_vin ON rejected (vin)",
+        ),
+    ),
+    Migration(
+        2,
+        "API records (callbacks, monitors, remotes) and the webhook delivery queue",
+        (
+            """CREATE TABLE records (
+                kind TEXT NOT NULL,
+                id TEXT NOT NULL,
+                owner TEXT NOT NULL,
+                vin TEXT,
+                body TEXT NOT NULL,
+                created_ms INTEGER NOT NULL,
+                updated_ms INTEGER NOT NULL,
+                PRIMARY KEY (kind, id)
+            )""",
+            "CREATE INDEX records_by_owner ON records (kind, owner, vin)",
+            """CREATE TABLE deliveries (
+                id INTEGER PRIMARY KEY,
+                callback_id TEXT NOT NULL,
+                target TEXT NOT NULL,
+                body BLOB NOT NULL,
+                headers TEXT NOT NULL,
+                created_ms INTEGER NOT NULL,
+                next_attempt_ms INTEGER NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                state TEXT NOT NULL DEFAULT 'pending',
+                last_error TEXT NOT NULL DEFAULT '',
+                done_ms INTEGER
+            )""",
+            "CREATE INDEX deliveries_due ON deliveries (state, next_attempt_ms)",
         ),
     ),
 )
@@ -403,6 +485,183 @@ class Store(ABC):
             ),
             "signals": signals,
         }
+
+    # -- arrival order --------------------------------------------------------------------
+
+    def payloads_since(self, after_id: int, limit: int = 1000) -> list[PayloadRef]:
+        """Accepted payloads with an ``id`` above ``after_id``, in arrival order.
+
+        Writers hold one lock per transaction, so ids are committed in order: a reader that
+        remembers the last id it saw misses nothing.
+        """
+        p = self._P
+        rows = self._query(
+            "SELECT id, vin, seq, boot, trigger, privacy, base_time_ms, received_at_ms,"
+            f" n_samples, raw FROM payloads WHERE id > {p} ORDER BY id LIMIT {p}",
+            (after_id, limit),
+        )
+        return [
+            PayloadRef(
+                int(r[0]),
+                str(r[1]),
+                StoredPayload(
+                    int(r[2]),
+                    int(r[3]),
+                    int(r[4]),
+                    int(r[5]),
+                    int(r[6]),
+                    int(r[7]),
+                    int(r[8]),
+                    bytes(r[9]),
+                ),
+            )
+            for r in rows
+        ]
+
+    # -- API records -------------------------------------------------------------------------
+
+    @abstractmethod
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, list[Any]]:
+        """Run one statement in its own write transaction: ``(rowcount, returned rows)``."""
+
+    def put_record(self, record: Record) -> None:
+        """Insert or replace the record ``(kind, id)``."""
+        p = self._P
+        self._execute(
+            "INSERT INTO records (kind, id, owner, vin, body, created_ms, updated_ms)"
+            f" VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p})"
+            " ON CONFLICT (kind, id) DO UPDATE SET owner = excluded.owner, vin = excluded.vin,"
+            " body = excluded.body, updated_ms = excluded.updated_ms",
+            (
+                record.kind,
+                record.id,
+                record.owner,
+                record.vin,
+                json.dumps(record.body, separators=(",", ":"), sort_keys=True),
+                record.created_ms,
+                record.updated_ms,
+            ),
+        )
+
+    _RECORD_COLUMNS = "kind, id, owner, vin, body, created_ms, updated_ms"
+
+    @staticmethod
+    def _record(row: Sequence[Any]) -> Record:
+        body = json.loads(row[4])
+        return Record(str(row[0]), str(row[1]), str(row[2]), row[3], body, int(row[5]), int(row[6]))
+
+    def get_record(self, kind: str, record_id: str) -> Record | None:
+        """The record ``(kind, id)``, or ``None``."""
+        p = self._P
+        rows = self._query(
+            f"SELECT {self._RECORD_COLUMNS} FROM records WHERE kind = {p} AND id = {p}",
+            (kind, record_id),
+        )
+        return self._record(rows[0]) if rows else None
+
+    def records(
+        self, kind: str, *, owner: str | None = None, vin: str | None = None
+    ) -> list[Record]:
+        """Records of one kind (of one owner, of one vehicle), oldest first."""
+        p = self._P
+        sql = f"SELECT {self._RECORD_COLUMNS} FROM records WHERE kind = {p}"
+        params: list[Any] = [kind]
+        if owner is not None:
+            sql += f" AND owner = {p}"
+            params.append(owner)
+        if vin is not None:
+            sql += f" AND vin = {p}"
+            params.append(vin)
+        rows = self._query(sql + " ORDER BY created_ms, id", params)
+        return [self._record(r) for r in rows]
+
+    def delete_record(self, kind: str, record_id: str) -> bool:
+        """Delete the record ``(kind, id)``; whether it existed."""
+        p = self._P
+        count, _ = self._execute(
+            f"DELETE FROM records WHERE kind = {p} AND id = {p}", (kind, record_id)
+        )
+        return count > 0
+
+    # -- webhook delivery queue ------------------------------------------------------------
+
+    _DELIVERY_COLUMNS = (
+        "id, callback_id, target, body, headers, created_ms, next_attempt_ms, attempts,"
+        " state, last_error, done_ms"
+    )
+
+    @staticmethod
+    def _delivery(row: Sequence[Any]) -> Delivery:
+        return Delivery(
+            int(row[0]),
+            str(row[1]),
+            str(row[2]),
+            bytes(row[3]),
+            dict(json.loads(row[4])),
+            int(row[5]),
+            int(row[6]),
+            int(row[7]),
+            DeliveryState(row[8]),
+            str(row[9]),
+            None if row[10] is None else int(row[10]),
+        )
+
+    def enqueue_delivery(
+        self, callback_id: str, target: str, body: bytes, headers: dict[str, str], now_ms: int
+    ) -> int:
+        """Queue one notification, due at once; its id."""
+        p = self._P
+        _, rows = self._execute(
+            "INSERT INTO deliveries (callback_id, target, body, headers, created_ms,"
+            f" next_attempt_ms) VALUES ({p}, {p}, {p}, {p}, {p}, {p}) RETURNING id",
+            (callback_id, target, body, json.dumps(headers, sort_keys=True), now_ms, now_ms),
+        )
+        return int(rows[0][0])
+
+    def due_deliveries(self, now_ms: int, limit: int = 100) -> list[Delivery]:
+        """Pending notifications due at ``now_ms``, the oldest first."""
+        p = self._P
+        rows = self._query(
+            f"SELECT {self._DELIVERY_COLUMNS} FROM deliveries WHERE state = 'pending'"
+            f" AND next_attempt_ms <= {p} ORDER BY next_attempt_ms, id LIMIT {p}",
+            (now_ms, limit),
+        )
+        return [self._delivery(r) for r in rows]
+
+    def deliveries(
+        self, callback_id: str | None = None, state: DeliveryState | None = None
+    ) -> list[Delivery]:
+        """Queued notifications (of one callback, in one state), by id."""
+        p = self._P
+        sql = f"SELECT {self._DELIVERY_COLUMNS} FROM deliveries WHERE 1 = 1"
+        params: list[Any] = []
+        if callback_id is not None:
+            sql += f" AND callback_id = {p}"
+            params.append(callback_id)
+        if state is not None:
+            sql += f" AND state = {p}"
+            params.append(str(state))
+        return [self._delivery(r) for r in self._query(sql + " ORDER BY id", params)]
+
+    def record_attempt(
+        self,
+        delivery_id: int,
+        *,
+        now_ms: int,
+        state: DeliveryState,
+        next_attempt_ms: int | None = None,
+        error: str = "",
+    ) -> None:
+        """Record one delivery attempt: delivered, dropped, or pending until ``next_attempt_ms``."""
+        if state is DeliveryState.PENDING and next_attempt_ms is None:
+            raise StorageError("a pending delivery needs its next attempt time")
+        p = self._P
+        done = None if state is DeliveryState.PENDING else now_ms
+        self._execute(
+            f"UPDATE deliveries SET attempts = attempts + 1, state = {p}, last_error = {p},"
+            f" next_attempt_ms = COALESCE({p}, next_attempt_ms), done_ms = {p} WHERE id = {p}",
+            (str(state), error, next_attempt_ms, done, delivery_id),
+        )
 
     @property
     @abstractmethod
@@ -615,6 +874,17 @@ class SqliteStore(Store):
                 return self._conn.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise StorageError(f"{self.path}: query failed: {exc}") from exc
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, list[Any]]:
+        if self.read_only:
+            raise StorageError(f"{self.path}: opened read-only, cannot write")
+        try:
+            with self._write() as conn:
+                cursor = conn.execute(sql, params)
+                rows = cursor.fetchall()
+                return cursor.rowcount, rows
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: write failed: {exc}") from exc
 
     # -- schema ----------------------------------------------------------------------------
 

@@ -116,6 +116,37 @@ PG_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX rejected_by_vin ON rejected (vin)",
         ),
     ),
+    Migration(
+        2,
+        MIGRATIONS[1].description,
+        (
+            """CREATE TABLE records (
+                kind TEXT NOT NULL,
+                id TEXT NOT NULL,
+                owner TEXT NOT NULL,
+                vin TEXT,
+                body TEXT NOT NULL,
+                created_ms BIGINT NOT NULL,
+                updated_ms BIGINT NOT NULL,
+                PRIMARY KEY (kind, id)
+            )""",
+            "CREATE INDEX records_by_owner ON records (kind, owner, vin)",
+            """CREATE TABLE deliveries (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                callback_id TEXT NOT NULL,
+                target TEXT NOT NULL,
+                body BYTEA NOT NULL,
+                headers TEXT NOT NULL,
+                created_ms BIGINT NOT NULL,
+                next_attempt_ms BIGINT NOT NULL,
+                attempts BIGINT NOT NULL DEFAULT 0,
+                state TEXT NOT NULL DEFAULT 'pending',
+                last_error TEXT NOT NULL DEFAULT '',
+                done_ms BIGINT
+            )""",
+            "CREATE INDEX deliveries_due ON deliveries (state, next_attempt_ms)",
+        ),
+    ),
 )
 
 INT64_MIN = -(2**63)
@@ -239,6 +270,17 @@ class PostgresStore(Store):
                 return self._conn.execute(sql, params).fetchall()
             except psycopg.Error as exc:
                 raise StorageError(f"{self._name}: query failed: {exc}") from exc
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, list[Any]]:
+        if self.read_only:
+            raise StorageError(f"{self._name}: opened read-only, cannot write")
+        try:
+            with self._write() as conn:
+                cursor = conn.execute(sql, params)
+                rows = cursor.fetchall() if cursor.description is not None else []
+                return cursor.rowcount, rows
+        except psycopg.Error as exc:
+            raise StorageError(f"{self._name}: write failed: {exc}") from exc
 
     # -- schema ----------------------------------------------------------------------------
 
