@@ -5,6 +5,12 @@
 it is away; subscribes with QoS 1; stores what it receives in batches (one transaction per
 batch); and reconnects with backoff when the broker goes away.
 
+Several gateways scale out as one MQTT 5 shared subscription: with ``share_group`` a
+gateway connects with MQTT 5 (clean start off, a session that outlives the connection) and
+subscribes ``$share/<group>/tcusim/v1/+/up`` and ``.../presence``; the broker gives each
+message to one member of the group. Each member needs its own client id; all may write to
+one database, which never accepts a ``(vin, seq)`` twice (see :mod:`gateway.store`).
+
 The broker URL is the box's (:func:`firmware_sim.config.parse_broker_url`):
 ``mqtt://[user[:password]@]host[:port]``, ``mqtts://`` for TLS with the system's CAs or
 ``tls_ca``, and a client certificate with ``tls_cert`` and ``tls_key``. The password appears
@@ -40,12 +46,23 @@ from typing import Any
 import aiomqtt
 from aiomqtt.client import MessagesIterator
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from firmware_sim.config import BrokerUrl, parse_broker_url
 from firmware_sim.errors import ConfigError
 from gateway.errors import BrokerError, OptionError, StorageError
-from gateway.store import IngestResult, Kind, Message, Outcome, Store, open_store
+from gateway.store import (
+    IngestResult,
+    Kind,
+    Message,
+    Outcome,
+    Store,
+    in_memory,
+    open_store,
+    redact_url,
+)
 
 __all__ = [
     "CLIENT_ID",
@@ -57,6 +74,7 @@ __all__ = [
     "broker_url",
     "classify_topic",
     "presence_topic",
+    "share_filters",
     "tls_context",
     "uplink_topic",
 ]
@@ -67,6 +85,7 @@ TOPIC_ROOT = "tcusim/v1"
 UPLINK_FILTER = f"{TOPIC_ROOT}/+/up"
 PRESENCE_FILTER = f"{TOPIC_ROOT}/+/presence"
 CLIENT_ID = "tcusim-gateway"
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5's session expiry interval for "never"
 
 
 def uplink_topic(vin: str) -> str:
@@ -90,6 +109,18 @@ def classify_topic(topic: str) -> tuple[str | None, Kind]:
     if leaf == Kind.PRESENCE.value:
         return vin, Kind.PRESENCE
     return vin, Kind.UNKNOWN
+
+
+def share_filters(group: str | None) -> tuple[str, str]:
+    """The uplink and presence filters, as a shared subscription of ``group`` when given."""
+    if group is None:
+        return UPLINK_FILTER, PRESENCE_FILTER
+    if not group or any(c in group for c in "/+#") or group != group.strip():
+        raise OptionError(
+            f"a share group is a non-empty name without '/', '+', '#' or blanks around it,"
+            f" not {group!r}"
+        )
+    return f"$share/{group}/{UPLINK_FILTER}", f"$share/{group}/{PRESENCE_FILTER}"
 
 
 def broker_url(url: str | BrokerUrl) -> BrokerUrl:
@@ -194,6 +225,10 @@ class Gateway:
     at most ``batch_wait`` seconds for more. Bad input never stops it: a message that does not
     decode, or arrives on an unexpected topic, becomes a kept rejection. ``on_commit`` is
     called after each stored batch, ``on_connection`` after each connection attempt.
+
+    ``share_group`` makes the gateway one member of an MQTT 5 shared subscription (see the
+    module's documentation); ``session_expiry`` is then its session's expiry interval in
+    seconds (by default the session never expires, as MQTT 3.1.1's persistent one).
     """
 
     def __init__(
@@ -212,7 +247,12 @@ class Gateway:
         reconnect_max: float = 5.0,
         on_commit: Callable[[list[IngestResult]], None] | None = None,
         on_connection: Callable[[], None] | None = None,
+        share_group: str | None = None,
+        session_expiry: int = SESSION_NEVER_EXPIRES,
     ) -> None:
+        self.filters = share_filters(share_group)
+        if not 0 <= session_expiry <= SESSION_NEVER_EXPIRES:
+            raise OptionError(f"session_expiry must be 0 to 2**32-1 s, not {session_expiry}")
         if batch_size < 1:
             raise OptionError(f"batch_size must be at least 1, not {batch_size}")
         if not (math.isfinite(batch_wait) and batch_wait >= 0):
@@ -235,12 +275,15 @@ class Gateway:
         self.reconnect_max = reconnect_max
         self.on_commit = on_commit
         self.on_connection = on_connection
+        self.share_group = share_group
+        self.session_expiry = session_expiry
         self.stats = GatewayStats()
         self._stopping: asyncio.Event | None = None
         self._subscribed: asyncio.Event | None = None
 
     def __repr__(self) -> str:
-        return f"<Gateway {self.broker} client_id={self.client_id!r}>"
+        group = f" share_group={self.share_group!r}" if self.share_group else ""
+        return f"<Gateway {self.broker} client_id={self.client_id!r}{group}>"
 
     def _connection_event(self) -> None:
         if self.on_connection is not None:
@@ -291,18 +334,29 @@ class Gateway:
                 await asyncio.wait_for(stopping.wait(), delay)
             delay = min(delay * 2, self.reconnect_max)
 
-    async def _session(self, stopping: asyncio.Event, subscribed: asyncio.Event) -> None:
-        client = aiomqtt.Client(
+    def _client(self) -> aiomqtt.Client:
+        options: dict[str, Any] = {"clean_session": False}
+        protocol = aiomqtt.ProtocolVersion.V311
+        if self.share_group is not None:
+            # MQTT 5: no clean start, and a session that outlives the connection.
+            protocol = aiomqtt.ProtocolVersion.V5
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = self.session_expiry
+            options = {"clean_start": False, "properties": properties}
+        return aiomqtt.Client(
             self.host,
             self.port,
             username=self.broker.username,
             password=self.broker.password,
             identifier=self.client_id,
-            clean_session=False,
             keepalive=self.keepalive,
-            protocol=aiomqtt.ProtocolVersion.V311,
+            protocol=protocol,
             tls_context=self._tls,
+            **options,
         )
+
+    async def _session(self, stopping: asyncio.Event, subscribed: asyncio.Event) -> None:
+        client = self._client()
         self.stats.manual_ack = _enable_manual_ack(client)
         if not self.stats.manual_ack:
             log.warning("manual acknowledgements unavailable: a crash may lose a message")
@@ -315,7 +369,7 @@ class Gateway:
             consumer = asyncio.ensure_future(self._consume(client, stopping))
             try:
                 subscribing = asyncio.ensure_future(
-                    client.subscribe([(UPLINK_FILTER, 1), (PRESENCE_FILTER, 1)])
+                    client.subscribe([(topic_filter, 1) for topic_filter in self.filters])
                 )
                 await asyncio.wait({subscribing, consumer}, return_when=asyncio.FIRST_COMPLETED)
                 if not subscribing.done():
@@ -328,7 +382,7 @@ class Gateway:
                         raise BrokerError(f"subscription not granted with QoS 1 (code {value})")
                 subscribed.set()
                 self.stats.subscribed = True
-                log.info("subscribed to %s and %s", UPLINK_FILTER, PRESENCE_FILTER)
+                log.info("subscribed to %s and %s", *self.filters)
                 self._connection_event()
                 await consumer
             finally:
@@ -427,7 +481,8 @@ class Gateway:
 class GatewayThread:
     """A :class:`Gateway` in a background thread with its own event loop.
 
-    ``db`` is a path or a ``sqlite://`` URL; ``gateway_options`` go to :class:`Gateway`.
+    ``db`` is anything :func:`~gateway.store.open_store` takes (a path, ``sqlite:///...``,
+    ``postgresql://...``); ``gateway_options`` go to :class:`Gateway`.
     ``wait_until(predicate, timeout)`` evaluates ``predicate(store)`` against a reader of the
     database after each commit until it holds; ``wait_stats`` does the same with the counters
     after each commit and connection attempt.
@@ -450,7 +505,7 @@ class GatewayThread:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"<GatewayThread {state} {self.broker} db={self.db}>"
+        return f"<GatewayThread {state} {self.broker} db={redact_url(self.db)}>"
 
     @property
     def client_id(self) -> str:
@@ -550,10 +605,13 @@ class GatewayThread:
         self._readers = threading.local()
 
     def reader(self) -> Store:
-        """A store to read the database from the calling thread."""
+        """A store to read the database from the calling thread (SQLite or PostgreSQL).
+
+        An in-memory SQLite database has one connection: its reader is the writer itself.
+        """
         store: Store | None = getattr(self._readers, "store", None)
         if store is None:
-            if self.db in (":memory:", "sqlite://", "sqlite:///:memory:"):
+            if in_memory(self.db):
                 if self._writer is None:
                     raise StorageError("an in-memory database can be read only while running")
                 return self._writer

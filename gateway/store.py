@@ -1,8 +1,13 @@
 """The gateway's storage: uplinks, samples, last-known state, vehicles and rejections.
 
-:class:`Store` is the small repository interface the gateway talks to; :class:`SqliteStore`
-implements it on SQLite (WAL journal, one writer). The schema is versioned: ordered
-migrations in :data:`MIGRATIONS`, the applied ones recorded in ``schema_version``.
+:class:`Store` is the repository the gateway talks to. It holds every decision and query
+once; :class:`SqliteStore` (WAL journal, one writer) and
+:class:`~gateway.store_pg.PostgresStore` supply their dialect. :func:`open_store` opens
+either from a path or URL. The schema is versioned: ordered migrations in
+:data:`MIGRATIONS`, the applied ones recorded in ``schema_version``. Samples are kept one
+row per series (``series``: times and mantissas packed), the last-known state read from
+them. Writers on one database, in any number of processes, hold its one-writer lock per
+transaction, so a ``(vin, seq)`` is never accepted twice.
 
 Every inbound message ends as exactly one of: an accepted payload (stored once, with its
 samples), a counted duplicate (same VIN, sequence number and bytes as a stored one), a
@@ -20,16 +25,19 @@ import enum
 import json
 import re
 import sqlite3
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import urlsplit, urlunsplit
 
 from can_dbc.catalog import Catalog, Scope, default_catalog
 from firmware_sim.errors import PayloadError
@@ -53,7 +61,9 @@ __all__ = [
     "Store",
     "Value",
     "Vehicle",
+    "in_memory",
     "open_store",
+    "redact_url",
     "rfc3339",
     "sample_value",
 ]
@@ -225,11 +235,16 @@ class PayloadRef:
 
 @dataclass(frozen=True, slots=True)
 class Migration:
-    """One step of the schema, applied in one transaction."""
+    """One step of the schema, applied in one transaction.
+
+    ``rebuild_series`` fills the ``series`` table from the stored payloads' bytes after the
+    statements ran (the step that replaced one row per sample by one row per series).
+    """
 
     version: int
     description: str
     statements: tuple[str, ...]
+    rebuild_series: bool = False
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -323,15 +338,349 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX deliveries_due ON deliveries (state, next_attempt_ms)",
         ),
     ),
+    Migration(
+        3,
+        "one row per series instead of one per sample; the last state read from them",
+        (
+            # ``samples`` holds the ``n`` sample times (ms after ``base_ms``), then the ``n``
+            # values' mantissas, as little-endian signed 64-bit integers; a value is
+            # ``mantissa * 10**exp``. ``t_last``/``m_last`` are the series' last sample.
+            """CREATE TABLE series (
+                id INTEGER PRIMARY KEY,
+                vin TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                signal_id INTEGER NOT NULL,
+                exp INTEGER NOT NULL,
+                n INTEGER NOT NULL,
+                base_ms INTEGER NOT NULL,
+                t_first INTEGER NOT NULL,
+                t_last INTEGER NOT NULL,
+                m_last INTEGER NOT NULL,
+                samples BLOB NOT NULL
+            )""",
+            # SQLite's indexes end with the rowid (``id``) implicitly.
+            "CREATE INDEX series_by_signal ON series (vin, signal_id, t_last)",
+            "DROP TABLE samples",
+            "DROP TABLE last_state",
+        ),
+        rebuild_series=True,
+    ),
 )
 
 
+def _schema_tables(migrations: Sequence[Migration]) -> frozenset[str]:
+    """The tables the migrations leave, ``schema_version`` among them."""
+    tables = {"schema_version"}
+    for migration in migrations:
+        for statement in migration.statements:
+            created = re.match(r"\s*CREATE TABLE (\w+)", statement)
+            dropped = re.match(r"\s*DROP TABLE (\w+)", statement)
+            if created:
+                tables.add(created.group(1))
+            elif dropped:
+                tables.discard(dropped.group(1))
+    return frozenset(tables)
+
+
+# The tables the migrations create: a database without all of them is not the gateway's.
+SCHEMA_TABLES = _schema_tables(MIGRATIONS)
+
+INT64_MAX = 2**63 - 1
+
+
+def _parse_presence(raw: bytes) -> tuple[str | None, int | None]:
+    """``(state, boot)`` of a presence message (``None`` twice for a cleared retain)."""
+    if not raw:
+        return None, None
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PayloadError("bad_presence", f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise PayloadError("bad_presence", "not a JSON object")
+    state = doc.get("state")
+    if state not in PRESENCE_STATES:
+        raise PayloadError("bad_presence", f"state must be online or offline, got {state!r}")
+    boot = doc.get("boot")
+    if boot is not None and (not isinstance(boot, int) or isinstance(boot, bool) or boot < 0):
+        raise PayloadError("bad_presence", f"boot must be a non-negative integer, got {boot!r}")
+    return str(state), boot
+
+
+def _ids(signal_ids: Iterable[int]) -> str:
+    ids = sorted(signal_ids)
+    return ("signal " if len(ids) == 1 else "signals ") + ", ".join(map(str, ids))
+
+
+def _out_of_int64(uplink: Uplink) -> str:
+    """Why a decoded uplink does not fit signed 64-bit integers ("" when it does)."""
+    for name in ("seq", "base_time_ms", "boot", "evicted"):
+        if getattr(uplink, name) > INT64_MAX:
+            return f"{name} {getattr(uplink, name)} exceeds 2**63-1"
+    for series in uplink.series:
+        if series.times and uplink.base_time_ms + series.times[-1] > INT64_MAX:
+            return f"signal {series.signal_id}: a sample time exceeds 2**63-1 ms"
+        if series.exp > 0 and series.mantissas:
+            biggest = max(-min(series.mantissas), *series.mantissas) * 10**series.exp
+            if biggest > INT64_MAX:
+                return f"signal {series.signal_id}: a value exceeds 64 bits"
+    return ""
+
+
+def _int64_blob(values: Sequence[int]) -> bytes:
+    """Integers as little-endian signed 64-bit words."""
+    packed = array("q", values)
+    if _BIG_ENDIAN:
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def _int64s(blob: bytes) -> array[int]:
+    """The integers of :func:`_int64_blob`."""
+    packed = array("q")
+    packed.frombytes(blob)
+    if _BIG_ENDIAN:
+        packed.byteswap()
+    return packed
+
+
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def _series_rows(uplink: Uplink, out: list[tuple[Any, ...]]) -> int:
+    """Append the ``series`` rows of an uplink to ``out``; its number of samples."""
+    vin, seq, base = uplink.vin, uplink.seq, uplink.base_time_ms
+    n_samples = 0
+    for s in uplink.series:
+        times = s.times
+        if not times:
+            continue
+        n = len(times)
+        n_samples += n
+        out.append(
+            (
+                vin,
+                seq,
+                s.signal_id,
+                s.exp,
+                n,
+                base,
+                base + times[0],
+                base + times[-1],
+                s.mantissas[-1],
+                _int64_blob(times + s.mantissas),
+            )
+        )
+    return n_samples
+
+
+def _time_of(sample: tuple[int, int, Value]) -> int:
+    return sample[1]
+
+
+def _stored_payload(r: Sequence[Any]) -> StoredPayload:
+    return StoredPayload(
+        seq=int(r[0]),
+        boot=int(r[1]),
+        trigger=int(r[2]),
+        privacy=int(r[3]),
+        base_time_ms=int(r[4]),
+        received_at_ms=int(r[5]),
+        n_samples=int(r[6]),
+        raw=bytes(r[7]),
+    )
+
+
+# The columns the ingest writes, in the order of its rows.
+PAYLOAD_COLUMNS = (
+    *("vin", "seq", "boot", "trigger", "privacy", "base_time_ms", "received_at_ms"),
+    *("n_samples", "evicted", "raw"),
+)
+SERIES_COLUMNS = (
+    *("vin", "seq", "signal_id", "exp", "n", "base_ms", "t_first", "t_last", "m_last"),
+    "samples",
+)
+REJECTED_COLUMNS = ("received_at_ms", "topic", "vin", "reason", "detail", "raw")
+
+
+@dataclass(slots=True)
+class _Checked:
+    """One message after the checks that need no database: a rejection, presence or upload."""
+
+    message: Message
+    reason: str = ""  # set: rejected with this reason
+    detail: str = ""
+    seq: int | None = None
+    uplink: Uplink | None = None
+    presence: tuple[str | None, int | None] | None = None
+
+
+class _Batch:
+    """The rows one transaction writes, gathered in message order."""
+
+    def __init__(self) -> None:
+        self.results: list[IngestResult] = []
+        self.payloads: list[tuple[Any, ...]] = []
+        self.series: list[tuple[Any, ...]] = []
+        self.rejected: list[tuple[Any, ...]] = []
+        self.vehicles: list[tuple[str, tuple[Any, ...]]] = []  # (statement, parameters)
+
+
 class Store(ABC):
-    """The gateway's repository: what the ingest, the CLI and the API need of a database."""
+    """The gateway's repository: what the ingest, the CLI and the API need of a database.
+
+    The base class holds every decision and every query; a backend supplies its dialect: the
+    parameter placeholder (``_P``), the two-argument ``_MIN``/``_MAX`` functions, its
+    connection (``_query``, ``_execute``, ``_write`` and the ``_tx_*`` calls inside a write
+    transaction), the errors that make one message unstorable, and its migrations.
+    """
+
+    _P = "?"
+    _MIN, _MAX = "MIN", "MAX"
+    _MIGRATIONS: tuple[Migration, ...] = MIGRATIONS
+    # Errors of one message the database cannot hold: that message becomes ``unstorable``.
+    _UNSTORABLE: tuple[type[BaseException], ...] = (ArithmeticError, ValueError, TypeError)
+    read_only: bool
+    _name: str
+    _catalog: Catalog
+
+    def _setup(self, catalog: Catalog | None) -> None:
+        """Take the catalog and build the statements of this dialect (once per store)."""
+        self._catalog = catalog or default_catalog()
+        self._known_signals = frozenset(s.id for s in self._catalog.signals)
+        self._position_signals = frozenset(
+            s.id for s in self._catalog.signals if s.scope is Scope.POSITION
+        )
+        self._last_state_sql = self._last_state_query(sorted(self._known_signals))
+        self._duplicate_sql = self._duplicate_statement()
+        self._uplink_vehicle_sql = self._uplink_vehicle_statement()
+        self._presence_sql = self._presence_statement()
+
+    @property
+    def catalog(self) -> Catalog:
+        """The signal catalog payloads are checked against."""
+        return self._catalog
+
+    # -- the backend's connection -------------------------------------------------------------
 
     @abstractmethod
-    def ingest_many(self, messages: Iterable[Message]) -> list[IngestResult]:
-        """Ingest messages in one transaction; one result per message, in order."""
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run a read-only query and return every row."""
+
+    @abstractmethod
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, list[Any]]:
+        """Run one statement in its own write transaction: ``(rowcount, returned rows)``."""
+
+    @abstractmethod
+    def _write(self) -> AbstractContextManager[Any]:
+        """A write transaction, one writer at a time on the database; yields its handle."""
+
+    @abstractmethod
+    def _tx_rows(self, tx: Any, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run a statement inside :meth:`_write`; the rows it returns."""
+
+    @abstractmethod
+    def _tx_many(self, tx: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run a statement once per parameter row inside :meth:`_write`."""
+
+    @abstractmethod
+    def _tables(self) -> set[str]:
+        """The names of the database's tables."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the database."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- schema ----------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        """The highest applied migration (0 for an empty database)."""
+        rows = self._query("SELECT MAX(version) FROM schema_version")
+        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
+    def _check_schema(self) -> None:
+        """Refuse what is not a gateway database at the version this code knows."""
+        tables = self._tables()
+        if "schema_version" not in tables:
+            raise StorageError(f"{self._name}: not a tcusim gateway database (no schema_version)")
+        current, latest = self.schema_version(), self._MIGRATIONS[-1].version
+        self._refuse_newer(current)
+        if current < latest:
+            raise StorageError(
+                f"{self._name}: schema version {current} is older than this tcusim's ({latest});"
+                " tcusim gateway ingest migrates it"
+            )
+        missing = SCHEMA_TABLES - tables
+        if missing:
+            raise StorageError(
+                f"{self._name}: not a tcusim gateway database (no {', '.join(sorted(missing))})"
+            )
+
+    def _refuse_newer(self, current: int) -> None:
+        latest = self._MIGRATIONS[-1].version
+        if current > latest:
+            raise StorageError(
+                f"{self._name}: schema version {current} is newer than this tcusim knows ({latest})"
+            )
+
+    def _refuse_foreign(self) -> None:
+        """Refuse, before changing anything, a database that holds tables and no gateway schema."""
+        tables = self._tables()
+        foreign = tables - SCHEMA_TABLES - {"samples", "last_state"}
+        if foreign and "schema_version" not in tables:
+            raise StorageError(
+                f"{self._name}: not a tcusim gateway database (it holds the tables"
+                f" {', '.join(sorted(foreign))}); refusing to add the gateway's to it"
+            )
+
+    def _apply_migrations(self, tx: Any) -> None:
+        """Apply the missing migrations inside the write transaction ``tx``."""
+        self._tx_rows(
+            tx,
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            " version INTEGER PRIMARY KEY, description TEXT NOT NULL,"
+            " applied_at_ms BIGINT NOT NULL)",
+        )
+        rows = self._tx_rows(tx, "SELECT MAX(version) FROM schema_version")
+        current = int(rows[0][0]) if rows[0][0] is not None else 0
+        self._refuse_newer(current)
+        p = self._P
+        for migration in self._MIGRATIONS:
+            if migration.version <= current:
+                continue
+            for statement in migration.statements:
+                self._tx_rows(tx, statement)
+            if migration.rebuild_series:
+                self._rebuild_series(tx)
+            self._tx_rows(
+                tx,
+                f"INSERT INTO schema_version VALUES ({p}, {p}, {p})",
+                (migration.version, migration.description, _now_ms()),
+            )
+
+    def _rebuild_series(self, tx: Any) -> None:
+        """Fill ``series`` from the accepted payloads' bytes, in arrival order."""
+        rows = self._tx_rows(tx, "SELECT raw FROM payloads ORDER BY id")
+        series: list[tuple[Any, ...]] = []
+        for (raw,) in rows:
+            _series_rows(decode_uplink(bytes(raw)), series)
+            if len(series) > 10_000:
+                self._tx_insert(tx, "series", SERIES_COLUMNS, series)
+                series.clear()
+        self._tx_insert(tx, "series", SERIES_COLUMNS, series)
+
+    # -- ingest ----------------------------------------------------------------------------
 
     def ingest(self, topic_vin: str, raw: bytes, received_at_ms: int) -> IngestResult:
         """Ingest one uplink payload received on the topic of ``topic_vin``."""
@@ -344,41 +693,332 @@ class Store(ABC):
         message = Message(topic, raw, received_at_ms, topic_vin, Kind.PRESENCE)
         return self.ingest_many([message])[0]
 
-    @abstractmethod
-    def schema_version(self) -> int:
-        """The version of the applied schema."""
+    def ingest_many(self, messages: Iterable[Message]) -> list[IngestResult]:
+        """Ingest messages in one transaction; one result per message, in order.
 
-    @abstractmethod
+        Decoding and the checks that need no database happen before the transaction; inside
+        it, under the database's one-writer lock, the stored ``(vin, seq)`` are looked up
+        and every row is written in a few statements. Should one message still be more than
+        the database can hold, the batch is retried message by message, each behind its own
+        savepoint, and that message alone becomes an ``unstorable`` rejection.
+        """
+        checked = [self._check(m) for m in messages]
+        if not checked:
+            return []
+        if self.read_only:
+            raise StorageError(f"{self._name}: opened read-only, cannot store messages")
+        with self._write() as tx:
+            self._tx_rows(tx, "SAVEPOINT batch")
+            try:
+                results = self._apply(tx, checked)
+            except self._UNSTORABLE:
+                self._tx_rows(tx, "ROLLBACK TO SAVEPOINT batch")
+                results = [self._apply_alone(tx, c) for c in checked]
+            self._tx_rows(tx, "RELEASE SAVEPOINT batch")
+            return results
+
+    def _apply_alone(self, tx: Any, checked: _Checked) -> IngestResult:
+        self._tx_rows(tx, "SAVEPOINT message")
+        try:
+            (result,) = self._apply(tx, [checked])
+        except self._UNSTORABLE as exc:
+            self._tx_rows(tx, "ROLLBACK TO SAVEPOINT message")
+            unstorable = _Checked(checked.message, "unstorable", f"{type(exc).__name__}: {exc}")
+            (result,) = self._apply(tx, [unstorable])
+        self._tx_rows(tx, "RELEASE SAVEPOINT message")
+        return result
+
+    def _check(self, m: Message) -> _Checked:
+        """Everything that decides a message's fate without the database."""
+        try:
+            return self._check_message(m)
+        except (ArithmeticError, ValueError, TypeError) as exc:
+            return _Checked(m, "unstorable", f"{type(exc).__name__}: {exc}")
+
+    def _check_message(self, m: Message) -> _Checked:
+        if m.vin is None or not m.vin or m.kind is Kind.UNKNOWN:
+            return _Checked(m, "bad_topic", f"not a tcusim/v1 topic: {m.topic!r}")
+        if m.kind is Kind.PRESENCE:
+            try:
+                return _Checked(m, presence=_parse_presence(bytes(m.payload)))
+            except PayloadError as exc:
+                return _Checked(m, exc.reason, exc.detail)
+        try:
+            uplink = decode_uplink(bytes(m.payload))
+        except PayloadError as exc:
+            return _Checked(m, exc.reason, exc.detail)
+        if uplink.vin != m.vin:
+            detail = f"payload VIN {uplink.vin!r} on a topic of {m.vin!r}"
+            return _Checked(m, "vin_mismatch", detail)
+        seq = uplink.seq
+        unknown = sorted({s.signal_id for s in uplink.series} - self._known_signals)
+        if unknown:
+            return _Checked(m, "unknown_signal", f"signal ids {', '.join(map(str, unknown))}", seq)
+        forbidden = self._privacy_violation(uplink)
+        if forbidden:
+            return _Checked(m, "privacy_violation", forbidden, seq)
+        too_big = _out_of_int64(uplink)
+        if too_big:
+            return _Checked(m, "out_of_range", too_big, seq)
+        return _Checked(m, seq=seq, uplink=uplink)
+
+    def _privacy_violation(self, uplink: Uplink) -> str:
+        """What the payload carries that its own privacy setting forbids ("" when nothing)."""
+        if uplink.privacy is Privacy.NONE:
+            return ""
+        ids = {s.signal_id for s in uplink.series}
+        if uplink.privacy is Privacy.FULL and ids:
+            return f"privacy Full allows no data, the payload has {_ids(ids)}"
+        located = ids & self._position_signals
+        if uplink.privacy is Privacy.GEOLOCATION and located:
+            return f"privacy Geolocation allows no position, the payload has {_ids(located)}"
+        return ""
+
+    @staticmethod
+    def _conflict(uplink: Uplink, boot: int, base_time_ms: int, privacy: int) -> tuple[str, str]:
+        """``(reason, detail)`` for a payload whose sequence number is stored with other bytes.
+
+        A box with its flash fixes an upload's bytes when it packs it and rewrites a queued
+        one only when the privacy tightens: it strips series and keeps its boot (under Full
+        it also drops the upload's time). A rewrite of a stored upload, the same boot with
+        the same base time or a stricter privacy, is a ``seq_conflict``; another boot or base
+        time otherwise means the box's counters restarted: its flash was wiped or replaced
+        (``box_reset``).
+        """
+        seq = uplink.seq
+        same_upload = uplink.base_time_ms == base_time_ms or int(uplink.privacy) > privacy
+        if uplink.boot == boot and same_upload:
+            return "seq_conflict", f"sequence number {seq} already stored with other content"
+        return "box_reset", (
+            f"sequence number {seq} already stored from boot {boot} (base time"
+            f" {rfc3339(base_time_ms)}), this one is from boot {uplink.boot} (base time"
+            f" {rfc3339(uplink.base_time_ms)}): the box's flash was wiped or replaced"
+        )
+
+    def _stored(
+        self, tx: Any, keys: set[tuple[str, int]]
+    ) -> dict[tuple[str, int], tuple[Any, ...]]:
+        """``(raw, boot, base_time_ms, privacy)`` of the stored payloads among ``keys``."""
+        found: dict[tuple[str, int], tuple[Any, ...]] = {}
+        ordered = sorted(keys)
+        p = self._P
+        for start in range(0, len(ordered), 200):
+            chunk = ordered[start : start + 200]
+            # One index lookup per key (a row-value IN list would scan the table in SQLite).
+            wanted = " OR ".join([f"(vin = {p} AND seq = {p})"] * len(chunk))
+            params = [x for key in chunk for x in key]
+            for vin, seq, raw, boot, base, privacy in self._tx_rows(
+                tx,
+                f"SELECT vin, seq, raw, boot, base_time_ms, privacy FROM payloads WHERE {wanted}",
+                params,
+            ):
+                found[(vin, int(seq))] = (bytes(raw), int(boot), int(base), int(privacy))
+        return found
+
+    def _apply(self, tx: Any, checked: Sequence[_Checked]) -> list[IngestResult]:
+        """Decide each message against the stored payloads, then write the batch's rows."""
+        keys = {(c.message.vin, c.seq) for c in checked if c.uplink is not None}
+        known = self._stored(tx, keys) if keys else {}  # type: ignore[arg-type]
+        batch = _Batch()
+        for c in checked:
+            m = c.message
+            uplink = c.uplink
+            if uplink is None and c.presence is None:
+                self._reject(batch, m, c.reason, c.detail, c.seq)
+                continue
+            if uplink is None:
+                self._presence(batch, m, *c.presence)  # type: ignore[misc]
+                continue
+            key = (uplink.vin, uplink.seq)
+            raw = bytes(m.payload)
+            stored = known.get(key)
+            if stored is None:
+                known[key] = (raw, uplink.boot, uplink.base_time_ms, int(uplink.privacy))
+                self._accept(batch, m, uplink, raw)
+            elif stored[0] == raw:
+                batch.vehicles.append((self._duplicate_sql, (m.received_at_ms, m.vin)))
+                batch.results.append(IngestResult(Outcome.DUPLICATE, m.vin, uplink.seq))
+            else:
+                reason, detail = self._conflict(uplink, *stored[1:])
+                self._reject(batch, m, reason, detail, uplink.seq)
+        self._write_batch(tx, batch)
+        return batch.results
+
+    @staticmethod
+    def _reject(
+        batch: _Batch, m: Message, reason: str, detail: str, seq: int | None = None
+    ) -> None:
+        batch.rejected.append((m.received_at_ms, m.topic, m.vin, reason, detail, bytes(m.payload)))
+        batch.results.append(IngestResult(Outcome.REJECTED, m.vin, seq, reason, detail))
+
+    def _presence(self, batch: _Batch, m: Message, state: str | None, boot: int | None) -> None:
+        params = (m.vin, m.received_at_ms, m.received_at_ms, state, m.received_at_ms, boot)
+        batch.vehicles.append((self._presence_sql, params))
+        batch.results.append(IngestResult(Outcome.PRESENCE, m.vin, detail=state or ""))
+
+    def _accept(self, batch: _Batch, m: Message, uplink: Uplink, raw: bytes) -> None:
+        n_samples = _series_rows(uplink, batch.series)
+        batch.payloads.append(
+            (
+                uplink.vin,
+                uplink.seq,
+                uplink.boot,
+                int(uplink.trigger),
+                int(uplink.privacy),
+                uplink.base_time_ms,
+                m.received_at_ms,
+                n_samples,
+                uplink.evicted,
+                raw,
+            )
+        )
+        params = (uplink.vin, m.received_at_ms, m.received_at_ms, uplink.boot, uplink.seq)
+        batch.vehicles.append((self._uplink_vehicle_sql, (*params, uplink.evicted)))
+        batch.results.append(
+            IngestResult(Outcome.ACCEPTED, uplink.vin, uplink.seq, n_samples=n_samples)
+        )
+
+    def _tx_insert(
+        self, tx: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Insert rows into ``table`` inside :meth:`_write` (in order: ids follow it)."""
+        if rows:
+            values = ", ".join([self._P] * len(columns))
+            sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values})"
+            self._tx_many(tx, sql, rows)
+
+    def _write_batch(self, tx: Any, batch: _Batch) -> None:
+        self._tx_insert(tx, "payloads", PAYLOAD_COLUMNS, batch.payloads)
+        self._tx_insert(tx, "series", SERIES_COLUMNS, batch.series)
+        self._tx_insert(tx, "rejected", REJECTED_COLUMNS, batch.rejected)
+        # The vehicles' rows change in message order: consecutive runs of one statement.
+        start = 0
+        ops = batch.vehicles
+        while start < len(ops):
+            end = start + 1
+            while end < len(ops) and ops[end][0] == ops[start][0]:
+                end += 1
+            self._tx_many(tx, ops[start][0], [params for _sql, params in ops[start:end]])
+            start = end
+
+    def _duplicate_statement(self) -> str:
+        p = self._P
+        return (
+            "UPDATE vehicles SET duplicates = duplicates + 1,"
+            f" last_seen_ms = {self._MAX}(last_seen_ms, {p}) WHERE vin = {p}"
+        )
+
+    def _uplink_vehicle_statement(self) -> str:
+        p, least, greatest = self._P, self._MIN, self._MAX
+        newer = "vehicles.max_seq IS NULL OR excluded.max_seq > vehicles.max_seq"
+        return (
+            "INSERT INTO vehicles (vin, first_seen_ms, last_seen_ms, boot, max_seq, evicted)"
+            f" VALUES ({p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT (vin) DO UPDATE SET"
+            f" first_seen_ms = {least}(vehicles.first_seen_ms, excluded.first_seen_ms),"
+            f" last_seen_ms = {greatest}(vehicles.last_seen_ms, excluded.last_seen_ms),"
+            f" boot = CASE WHEN {newer} THEN excluded.boot ELSE vehicles.boot END,"
+            f" evicted = CASE WHEN {newer} THEN excluded.evicted ELSE vehicles.evicted END,"
+            f" max_seq = {greatest}(COALESCE(vehicles.max_seq, -1), excluded.max_seq)"
+        )
+
+    def _presence_statement(self) -> str:
+        p, least, greatest = self._P, self._MIN, self._MAX
+        return (
+            "INSERT INTO vehicles (vin, first_seen_ms, last_seen_ms, presence, presence_at_ms,"
+            f" presence_updates, boot) VALUES ({p}, {p}, {p}, {p}, {p}, 1, {p})"
+            " ON CONFLICT (vin) DO UPDATE SET"
+            f" first_seen_ms = {least}(vehicles.first_seen_ms, excluded.first_seen_ms),"
+            f" last_seen_ms = {greatest}(vehicles.last_seen_ms, excluded.last_seen_ms),"
+            " presence = excluded.presence, presence_at_ms = excluded.presence_at_ms,"
+            " presence_updates = vehicles.presence_updates + 1,"
+            " boot = COALESCE(excluded.boot, vehicles.boot)"
+        )
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def _count(self, sql: str, vin: str | None) -> int:
+        if vin is None:
+            rows = self._query(sql)
+        else:
+            rows = self._query(f"{sql} WHERE vin = {self._P}", (vin,))
+        return int(rows[0][0])
+
     def payload_count(self, vin: str | None = None) -> int:
         """Accepted payloads (of one vehicle, or of all)."""
+        return self._count("SELECT COUNT(*) FROM payloads", vin)
 
-    @abstractmethod
     def sample_count(self, vin: str | None = None) -> int:
         """Stored samples (of one vehicle, or of all)."""
+        return self._count("SELECT COALESCE(SUM(n), 0) FROM series", vin)
 
-    @abstractmethod
-    def payloads(self, vin: str) -> list[StoredPayload]:
-        """Every accepted payload of one vehicle, by sequence number."""
-
-    @abstractmethod
     def samples(self, vin: str, signal_id: int | None = None) -> list[tuple[int, int, Value]]:
-        """``(signal_id, t_ms, value)`` of one vehicle, by signal then time."""
+        """``(signal_id, t_ms, value)`` of one vehicle, by signal then time (then arrival)."""
+        p = self._P
+        sql = f"SELECT signal_id, exp, base_ms, n, samples FROM series WHERE vin = {p}"
+        params: list[Any] = [vin]
+        if signal_id is not None:
+            sql += f" AND signal_id = {p}"
+            params.append(signal_id)
+        out: list[tuple[int, int, Value]] = []
+        by_signal: list[tuple[int, int, Value]] = []
+        current = None
+        rows = self._query(sql + " ORDER BY signal_id, id", params)
+        for row in rows:
+            sid, exp, base = int(row[0]), int(row[1]), int(row[2])
+            if sid != current:
+                by_signal.sort(key=_time_of)  # stable: samples of one time stay in arrival order
+                out.extend(by_signal)
+                by_signal, current = [], sid
+            n, packed = int(row[3]), _int64s(bytes(row[4]))
+            by_signal.extend(
+                (sid, base + t, sample_value(m, exp))
+                for t, m in zip(packed[:n], packed[n:], strict=True)
+            )
+        by_signal.sort(key=_time_of)
+        out.extend(by_signal)
+        return out
 
-    @abstractmethod
+    def _last_state_query(self, signal_ids: Sequence[int]) -> str:
+        # One index seek per catalog signal: the series that ends last (the later arrival on a
+        # tie) holds the signal's latest sample as its last one.
+        p = self._P
+        one = (
+            f"SELECT * FROM (SELECT signal_id, t_last, m_last, exp FROM series WHERE vin = {p}"
+            f" AND signal_id = {p} ORDER BY t_last DESC, id DESC LIMIT 1) AS s{{}}"
+        )
+        return " UNION ALL ".join(one.format(i) for i in range(len(signal_ids)))
+
     def last_state(self, vin: str) -> dict[int, tuple[int, Value]]:
         """The latest ``(t_ms, value)`` of each signal of one vehicle."""
+        ids = sorted(self._known_signals)
+        rows = self._query(self._last_state_sql, [x for sid in ids for x in (vin, sid)])
+        return {int(r[0]): (int(r[1]), sample_value(int(r[2]), int(r[3]))) for r in rows}
 
-    @abstractmethod
+    def payloads(self, vin: str) -> list[StoredPayload]:
+        """Every accepted payload of one vehicle, by sequence number."""
+        rows = self._query(
+            "SELECT seq, boot, trigger, privacy, base_time_ms, received_at_ms, n_samples, raw "
+            f"FROM payloads WHERE vin = {self._P} ORDER BY seq",
+            (vin,),
+        )
+        return [_stored_payload(r) for r in rows]
+
     def rejections(self, vin: str | None = None, limit: int | None = None) -> list[Rejection]:
-        """Kept rejections, oldest first (of one vehicle, or of all)."""
-
-    # The queries below are the same SQL on every backend; ``_P`` is the driver's parameter
-    # placeholder.
-    _P = "?"
-
-    @abstractmethod
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        """Run a read-only query and return every row."""
+        """Kept rejections, oldest first (of one vehicle, or of all; ``limit`` < 0: all)."""
+        p = self._P
+        sql = "SELECT id, received_at_ms, topic, vin, reason, detail, raw FROM rejected"
+        params: list[Any] = []
+        if vin is not None:
+            sql += f" WHERE vin = {p}"
+            params.append(vin)
+        sql += " ORDER BY id"
+        if limit is not None and limit >= 0:
+            sql += f" LIMIT {p}"
+            params.append(limit)
+        return [
+            Rejection(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5], bytes(r[6]))
+            for r in self._query(sql, params)
+        ]
 
     def counters(self) -> dict[str, int]:
         """``accepted``, ``duplicates``, ``presence``, ``rejected`` and ``rejected.<reason>``."""
@@ -500,29 +1140,9 @@ class Store(ABC):
             f" n_samples, raw FROM payloads WHERE id > {p} ORDER BY id LIMIT {p}",
             (after_id, limit),
         )
-        return [
-            PayloadRef(
-                int(r[0]),
-                str(r[1]),
-                StoredPayload(
-                    int(r[2]),
-                    int(r[3]),
-                    int(r[4]),
-                    int(r[5]),
-                    int(r[6]),
-                    int(r[7]),
-                    int(r[8]),
-                    bytes(r[9]),
-                ),
-            )
-            for r in rows
-        ]
+        return [PayloadRef(int(r[0]), str(r[1]), _stored_payload(r[2:])) for r in rows]
 
     # -- API records -------------------------------------------------------------------------
-
-    @abstractmethod
-    def _execute(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, list[Any]]:
-        """Run one statement in its own write transaction: ``(rowcount, returned rows)``."""
 
     def put_record(self, record: Record) -> None:
         """Insert or replace the record ``(kind, id)``."""
@@ -663,74 +1283,6 @@ class Store(ABC):
             (str(state), error, next_attempt_ms, done, delivery_id),
         )
 
-    @property
-    @abstractmethod
-    def catalog(self) -> Catalog:
-        """The signal catalog payloads are checked against."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Release the database."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-def _parse_presence(raw: bytes) -> tuple[str | None, int | None]:
-    """``(state, boot)`` of a presence message (``None`` twice for a cleared retain)."""
-    if not raw:
-        return None, None
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise PayloadError("bad_presence", f"not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise PayloadError("bad_presence", "not a JSON object")
-    state = doc.get("state")
-    if state not in PRESENCE_STATES:
-        raise PayloadError("bad_presence", f"state must be online or offline, got {state!r}")
-    boot = doc.get("boot")
-    if boot is not None and (not isinstance(boot, int) or isinstance(boot, bool) or boot < 0):
-        raise PayloadError("bad_presence", f"boot must be a non-negative integer, got {boot!r}")
-    return str(state), boot
-
-
-INT64_MAX = 2**63 - 1
-
-
-def _ids(signal_ids: Iterable[int]) -> str:
-    ids = sorted(signal_ids)
-    return ("signal " if len(ids) == 1 else "signals ") + ", ".join(map(str, ids))
-
-
-def _out_of_int64(uplink: Uplink) -> str:
-    """Why a decoded uplink does not fit SQLite's signed 64-bit integers ("" when it does)."""
-    for name in ("seq", "base_time_ms", "boot", "evicted"):
-        if getattr(uplink, name) > INT64_MAX:
-            return f"{name} {getattr(uplink, name)} exceeds 2**63-1"
-    for series in uplink.series:
-        if series.times and uplink.base_time_ms + series.times[-1] > INT64_MAX:
-            return f"signal {series.signal_id}: a sample time exceeds 2**63-1 ms"
-        if series.exp > 0 and series.mantissas:
-            biggest = max(abs(x) for x in series.mantissas) * 10**series.exp
-            if biggest > INT64_MAX:
-                return f"signal {series.signal_id}: a value exceeds 64 bits"
-    return ""
-
-
-# The tables the migrations create: a database without all of them is not the gateway's.
-SCHEMA_TABLES = frozenset(
-    re.findall(r"CREATE TABLE (\w+)", " ".join(s for m in MIGRATIONS for s in m.statements))
-) | {"schema_version"}
-
 
 class SqliteStore(Store):
     """:class:`Store` on one SQLite file (WAL journal; one writer at a time).
@@ -738,7 +1290,8 @@ class SqliteStore(Store):
     ``path`` may be ``":memory:"``. ``synchronous`` is SQLite's setting: ``"NORMAL"`` (the
     default) survives a crash of the process, ``"FULL"`` also a power loss. The object may be
     shared between threads (calls are serialised); a second ``SqliteStore`` on the same file
-    gives a reader that does not wait for the writer.
+    gives a reader that does not wait for the writer, and writers in other processes wait
+    for each other (``BEGIN IMMEDIATE``), so two of them never both accept a ``(vin, seq)``.
 
     A new file is created and migrated; a file holding other tables and no gateway schema is
     refused rather than extended. ``read_only=True`` opens an existing, fully migrated gateway
@@ -754,13 +1307,9 @@ class SqliteStore(Store):
         timeout: float = 10.0,
         read_only: bool = False,
     ) -> None:
-        self.path = str(path)
+        self.path = self._name = str(path)
         self.read_only = read_only
-        self._catalog = catalog or default_catalog()
-        self._known_signals = frozenset(s.id for s in self._catalog.signals)
-        self._position_signals = frozenset(
-            s.id for s in self._catalog.signals if s.scope is Scope.POSITION
-        )
+        self._setup(catalog)
         self._lock = threading.RLock()
         if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise StorageError(
@@ -777,7 +1326,7 @@ class SqliteStore(Store):
                     self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
                 self._migrate()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, PayloadError) as exc:
             self._conn.close()
             raise StorageError(f"{self.path}: cannot prepare the database: {exc}") from exc
         except StorageError:
@@ -812,38 +1361,19 @@ class SqliteStore(Store):
             raise StorageError(f"{self.path}: cannot open: {exc}") from exc
 
     def _tables(self) -> set[str]:
-        rows = self._conn.execute(
+        rows = self._query(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-        ).fetchall()
+        )
         return {str(r[0]) for r in rows}
 
-    def _check_schema(self) -> None:
-        """Refuse what is not a gateway database at the version this code knows."""
-        tables = self._tables()
-        if "schema_version" not in tables:
-            raise StorageError(f"{self.path}: not a tcusim gateway database (no schema_version)")
-        current, latest = self.schema_version(), MIGRATIONS[-1].version
-        if current > latest:
-            raise StorageError(
-                f"{self.path}: schema version {current} is newer than this tcusim knows ({latest})"
-            )
-        if current < latest:
-            raise StorageError(
-                f"{self.path}: schema version {current} is older than this tcusim's ({latest});"
-                " tcusim gateway ingest migrates it"
-            )
-        missing = SCHEMA_TABLES - tables
-        if missing:
-            raise StorageError(
-                f"{self.path}: not a tcusim gateway database (no {', '.join(sorted(missing))})"
-            )
+    def _migrate(self) -> None:
+        try:
+            with self._write() as tx:
+                self._apply_migrations(tx)
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: migration failed: {exc}") from exc
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    @property
-    def catalog(self) -> Catalog:
-        """The signal catalog payloads are checked against."""
-        return self._catalog
+    # -- the connection --------------------------------------------------------------------
 
     def close(self) -> None:
         """Close the connection."""
@@ -852,6 +1382,8 @@ class SqliteStore(Store):
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        if self.read_only:
+            raise StorageError(f"{self.path}: opened read-only, cannot write")
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
@@ -859,6 +1391,9 @@ class SqliteStore(Store):
                 raise StorageError(f"{self.path}: cannot start a transaction: {exc}") from exc
             try:
                 yield self._conn
+            except sqlite3.Error as exc:
+                self._conn.execute("ROLLBACK")
+                raise StorageError(f"{self.path}: write failed: {exc}") from exc
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
@@ -868,6 +1403,12 @@ class SqliteStore(Store):
                 self._conn.execute("ROLLBACK")
                 raise StorageError(f"{self.path}: cannot commit: {exc}") from exc
 
+    def _tx_rows(self, tx: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return tx.execute(sql, params).fetchall()
+
+    def _tx_many(self, tx: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        tx.executemany(sql, rows)
+
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
             try:
@@ -876,328 +1417,40 @@ class SqliteStore(Store):
                 raise StorageError(f"{self.path}: query failed: {exc}") from exc
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, list[Any]]:
-        if self.read_only:
-            raise StorageError(f"{self.path}: opened read-only, cannot write")
-        try:
-            with self._write() as conn:
-                cursor = conn.execute(sql, params)
-                rows = cursor.fetchall()
-                return cursor.rowcount, rows
-        except sqlite3.Error as exc:
-            raise StorageError(f"{self.path}: write failed: {exc}") from exc
-
-    # -- schema ----------------------------------------------------------------------------
-
-    def _refuse_foreign(self) -> None:
-        """Refuse, before changing anything, a database that holds tables and no gateway schema."""
-        tables = self._tables()
-        foreign = tables - SCHEMA_TABLES
-        if foreign and "schema_version" not in tables:
-            raise StorageError(
-                f"{self.path}: not a tcusim gateway database (it holds the tables"
-                f" {', '.join(sorted(foreign))}); refusing to add the gateway's to it"
-            )
-
-    def _migrate(self) -> None:
-        conn = self._conn
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version ("
-            " version INTEGER PRIMARY KEY, description TEXT NOT NULL,"
-            " applied_at_ms INTEGER NOT NULL)"
-        )
-        current = self.schema_version()
-        latest = MIGRATIONS[-1].version
-        if current > latest:
-            raise StorageError(
-                f"{self.path}: schema version {current} is newer than this tcusim knows ({latest})"
-            )
-        for migration in MIGRATIONS:
-            if migration.version <= current:
-                continue
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in migration.statements:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_version VALUES (?, ?, ?)",
-                    (migration.version, migration.description, _now_ms()),
-                )
-            except sqlite3.Error as exc:
-                conn.execute("ROLLBACK")
-                raise StorageError(
-                    f"{self.path}: migration {migration.version} failed: {exc}"
-                ) from exc
-            conn.execute("COMMIT")
-
-    def schema_version(self) -> int:
-        """The highest applied migration (0 for an empty database)."""
-        with self._lock:
-            row = self._conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
-
-    # -- ingest ----------------------------------------------------------------------------
-
-    def ingest_many(self, messages: Iterable[Message]) -> list[IngestResult]:
-        """Ingest messages in one transaction; one result per message, in order."""
-        batch = list(messages)
-        if not batch:
-            return []
-        if self.read_only:
-            raise StorageError(f"{self.path}: opened read-only, cannot store messages")
-        try:
-            with self._write() as conn:
-                return [self._ingest_guarded(conn, m) for m in batch]
-        except sqlite3.Error as exc:
-            raise StorageError(f"{self.path}: cannot store {len(batch)} messages: {exc}") from exc
-
-    def _reject(
-        self,
-        conn: sqlite3.Connection,
-        m: Message,
-        reason: str,
-        detail: str = "",
-        seq: int | None = None,
-    ) -> IngestResult:
-        conn.execute(
-            "INSERT INTO rejected (received_at_ms, topic, vin, reason, detail, raw)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (m.received_at_ms, m.topic, m.vin, reason, detail, bytes(m.payload)),
-        )
-        return IngestResult(Outcome.REJECTED, m.vin, seq, reason, detail)
-
-    def _ingest_guarded(self, conn: sqlite3.Connection, m: Message) -> IngestResult:
-        # A savepoint per message: should a payload the decoder accepted still be one the
-        # database cannot hold, that message alone becomes a rejection, not the batch a failure.
-        conn.execute("SAVEPOINT message")
-        try:
-            result = self._ingest_one(conn, m)
-        except (ArithmeticError, ValueError, TypeError) as exc:
-            conn.execute("ROLLBACK TO message")
-            result = self._reject(conn, m, "unstorable", f"{type(exc).__name__}: {exc}")
-        conn.execute("RELEASE message")
-        return result
-
-    def _ingest_one(self, conn: sqlite3.Connection, m: Message) -> IngestResult:
-        if m.vin is None or not m.vin or m.kind is Kind.UNKNOWN:
-            return self._reject(conn, m, "bad_topic", f"not a tcusim/v1 topic: {m.topic!r}")
-        if m.kind is Kind.PRESENCE:
-            return self._presence(conn, m)
-        try:
-            uplink = decode_uplink(bytes(m.payload))
-        except PayloadError as exc:
-            return self._reject(conn, m, exc.reason, exc.detail)
-        if uplink.vin != m.vin:
-            return self._reject(
-                conn, m, "vin_mismatch", f"payload VIN {uplink.vin!r} on a topic of {m.vin!r}"
-            )
-        unknown = sorted({s.signal_id for s in uplink.series} - self._known_signals)
-        if unknown:
-            ids = ", ".join(map(str, unknown))
-            return self._reject(conn, m, "unknown_signal", f"signal ids {ids}", uplink.seq)
-        forbidden = self._privacy_violation(uplink)
-        if forbidden:
-            return self._reject(conn, m, "privacy_violation", forbidden, uplink.seq)
-        too_big = _out_of_int64(uplink)
-        if too_big:
-            return self._reject(conn, m, "out_of_range", too_big, uplink.seq)
-        row = conn.execute(
-            "SELECT raw, boot, base_time_ms, privacy FROM payloads WHERE vin = ? AND seq = ?",
-            (m.vin, uplink.seq),
-        ).fetchone()
-        if row is not None:
-            if bytes(row[0]) == bytes(m.payload):
-                conn.execute(
-                    "UPDATE vehicles SET duplicates = duplicates + 1,"
-                    " last_seen_ms = MAX(last_seen_ms, ?) WHERE vin = ?",
-                    (m.received_at_ms, m.vin),
-                )
-                return IngestResult(Outcome.DUPLICATE, m.vin, uplink.seq)
-            return self._conflict(
-                conn, m, uplink, boot=int(row[1]), base_time_ms=int(row[2]), privacy=int(row[3])
-            )
-        n_samples = self._store_uplink(conn, m, uplink)
-        return IngestResult(Outcome.ACCEPTED, m.vin, uplink.seq, n_samples=n_samples)
-
-    def _privacy_violation(self, uplink: Uplink) -> str:
-        """What the payload carries that its own privacy setting forbids ("" when nothing)."""
-        ids = {s.signal_id for s in uplink.series}
-        if uplink.privacy is Privacy.FULL and ids:
-            return f"privacy Full allows no data, the payload has {_ids(ids)}"
-        located = ids & self._position_signals
-        if uplink.privacy is Privacy.GEOLOCATION and located:
-            return f"privacy Geolocation allows no position, the payload has {_ids(located)}"
-        return ""
-
-    def _conflict(
-        self,
-        conn: sqlite3.Connection,
-        m: Message,
-        uplink: Uplink,
-        *,
-        boot: int,
-        base_time_ms: int,
-        privacy: int,
-    ) -> IngestResult:
-        """Reject a payload whose sequence number is stored with other bytes, saying why.
-
-        A box with its flash fixes an upload's bytes when it packs it and rewrites a queued
-        one only when the privacy tightens: it strips series and keeps its boot (under Full
-        it also drops the upload's time). A rewrite of a stored upload, the same boot with
-        the same base time or a stricter privacy, is a ``seq_conflict``; another boot or base
-        time otherwise means the box's counters restarted: its flash was wiped or replaced
-        (``box_reset``).
-        """
-        seq = uplink.seq
-        same_upload = uplink.base_time_ms == base_time_ms or int(uplink.privacy) > privacy
-        if uplink.boot == boot and same_upload:
-            detail = f"sequence number {seq} already stored with other content"
-            return self._reject(conn, m, "seq_conflict", detail, seq)
-        detail = (
-            f"sequence number {seq} already stored from boot {boot} (base time"
-            f" {rfc3339(base_time_ms)}), this one is from boot {uplink.boot} (base time"
-            f" {rfc3339(uplink.base_time_ms)}): the box's flash was wiped or replaced"
-        )
-        return self._reject(conn, m, "box_reset", detail, seq)
-
-    def _store_uplink(self, conn: sqlite3.Connection, m: Message, uplink: Uplink) -> int:
-        vin, seq, base = uplink.vin, uplink.seq, uplink.base_time_ms
-        rows: list[tuple[str, int, int, int, Value]] = []
-        latest: dict[int, tuple[int, Value]] = {}
-        for series in uplink.series:
-            sid, exp = series.signal_id, series.exp
-            for offset, mantissa in zip(series.times, series.mantissas, strict=True):
-                t_ms, value = base + offset, sample_value(mantissa, exp)
-                rows.append((vin, seq, sid, t_ms, value))
-                previous = latest.get(sid)
-                if previous is None or t_ms >= previous[0]:
-                    latest[sid] = (t_ms, value)
-        conn.execute(
-            "INSERT INTO payloads (vin, seq, boot, trigger, privacy, base_time_ms,"
-            " received_at_ms, n_samples, evicted, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                vin,
-                seq,
-                uplink.boot,
-                int(uplink.trigger),
-                int(uplink.privacy),
-                base,
-                m.received_at_ms,
-                len(rows),
-                uplink.evicted,
-                bytes(m.payload),
-            ),
-        )
-        conn.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?)", rows)
-        conn.executemany(
-            "INSERT INTO last_state VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (vin, signal_id) DO UPDATE SET t_ms = excluded.t_ms,"
-            " value = excluded.value WHERE excluded.t_ms >= last_state.t_ms",
-            [(vin, sid, t_ms, value) for sid, (t_ms, value) in latest.items()],
-        )
-        conn.execute(
-            "INSERT INTO vehicles (vin, first_seen_ms, last_seen_ms, boot, max_seq, evicted)"
-            " VALUES (?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (vin) DO UPDATE SET"
-            " first_seen_ms = MIN(first_seen_ms, excluded.first_seen_ms),"
-            " last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms),"
-            " boot = CASE WHEN max_seq IS NULL OR excluded.max_seq > max_seq"
-            "   THEN excluded.boot ELSE boot END,"
-            " evicted = CASE WHEN max_seq IS NULL OR excluded.max_seq > max_seq"
-            "   THEN excluded.evicted ELSE evicted END,"
-            " max_seq = MAX(COALESCE(max_seq, -1), excluded.max_seq)",
-            (vin, m.received_at_ms, m.received_at_ms, uplink.boot, seq, uplink.evicted),
-        )
-        return len(rows)
-
-    def _presence(self, conn: sqlite3.Connection, m: Message) -> IngestResult:
-        try:
-            state, boot = _parse_presence(bytes(m.payload))
-        except PayloadError as exc:
-            return self._reject(conn, m, exc.reason, exc.detail)
-        conn.execute(
-            "INSERT INTO vehicles (vin, first_seen_ms, last_seen_ms, presence, presence_at_ms,"
-            " presence_updates, boot) VALUES (?, ?, ?, ?, ?, 1, ?)"
-            " ON CONFLICT (vin) DO UPDATE SET"
-            " first_seen_ms = MIN(first_seen_ms, excluded.first_seen_ms),"
-            " last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms),"
-            " presence = excluded.presence, presence_at_ms = excluded.presence_at_ms,"
-            " presence_updates = presence_updates + 1,"
-            " boot = COALESCE(excluded.boot, boot)",
-            (m.vin, m.received_at_ms, m.received_at_ms, state, m.received_at_ms, boot),
-        )
-        return IngestResult(Outcome.PRESENCE, m.vin, detail=state or "")
-
-    # -- queries ---------------------------------------------------------------------------
-
-    def _count(self, table: str, vin: str | None) -> int:
-        if vin is None:
-            rows = self._query(f"SELECT COUNT(*) FROM {table}")
-        else:
-            rows = self._query(f"SELECT COUNT(*) FROM {table} WHERE vin = ?", (vin,))
-        return int(rows[0][0])
-
-    def payload_count(self, vin: str | None = None) -> int:
-        """Accepted payloads (of one vehicle, or of all)."""
-        return self._count("payloads", vin)
-
-    def sample_count(self, vin: str | None = None) -> int:
-        """Stored samples (of one vehicle, or of all)."""
-        return self._count("samples", vin)
-
-    def samples(self, vin: str, signal_id: int | None = None) -> list[tuple[int, int, Value]]:
-        """``(signal_id, t_ms, value)`` of one vehicle, by signal then time (then arrival)."""
-        sql = "SELECT signal_id, t_ms, value FROM samples WHERE vin = ?"
-        params: list[Any] = [vin]
-        if signal_id is not None:
-            sql += " AND signal_id = ?"
-            params.append(signal_id)
-        rows = self._query(sql + " ORDER BY signal_id, t_ms, rowid", params)
-        return [(int(r[0]), int(r[1]), r[2]) for r in rows]
-
-    def payloads(self, vin: str) -> list[StoredPayload]:
-        """Every accepted payload of one vehicle, by sequence number."""
-        rows = self._query(
-            "SELECT seq, boot, trigger, privacy, base_time_ms, received_at_ms, n_samples, raw "
-            "FROM payloads WHERE vin = ? ORDER BY seq",
-            (vin,),
-        )
-        return [
-            StoredPayload(
-                seq=int(r[0]),
-                boot=int(r[1]),
-                trigger=int(r[2]),
-                privacy=int(r[3]),
-                base_time_ms=int(r[4]),
-                received_at_ms=int(r[5]),
-                n_samples=int(r[6]),
-                raw=bytes(r[7]),
-            )
-            for r in rows
-        ]
-
-    def last_state(self, vin: str) -> dict[int, tuple[int, Value]]:
-        """The latest ``(t_ms, value)`` of each signal of one vehicle."""
-        rows = self._query("SELECT signal_id, t_ms, value FROM last_state WHERE vin = ?", (vin,))
-        return {int(r[0]): (int(r[1]), r[2]) for r in rows}
-
-    def rejections(self, vin: str | None = None, limit: int | None = None) -> list[Rejection]:
-        """Kept rejections, oldest first (of one vehicle, or of all)."""
-        sql = "SELECT id, received_at_ms, topic, vin, reason, detail, raw FROM rejected"
-        params: list[Any] = []
-        if vin is not None:
-            sql += " WHERE vin = ?"
-            params.append(vin)
-        sql += " ORDER BY id"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        return [
-            Rejection(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5], bytes(r[6]))
-            for r in self._query(sql, params)
-        ]
+        with self._write() as conn:
+            cursor = conn.execute(sql, params)
+            rows = cursor.fetchall()
+            return cursor.rowcount, rows
 
     def __repr__(self) -> str:
         return f"<SqliteStore {self.path}>"
+
+
+def redact_url(target: str | Path) -> str:
+    """A database target as it may be shown: a URL without its password, a path as is."""
+    text = str(target)
+    if "://" not in text:
+        return text
+    try:
+        parts = urlsplit(text)
+        password = parts.password
+        port = parts.port
+    except ValueError:
+        return text.partition("://")[0] + "://..."  # unparsable: show no part that may be secret
+    if password is None:
+        return text
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    if port is not None:
+        netloc += f":{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def in_memory(target: str | Path) -> bool:
+    """Whether a database target is an in-memory SQLite database (one per connection)."""
+    return str(target) in ("", ":memory:", "sqlite://", "sqlite:///", "sqlite:///:memory:")
 
 
 def open_store(target: str | Path, **options: Any) -> Store:

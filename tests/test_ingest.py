@@ -1,4 +1,8 @@
-"""The gateway's ingest through a real broker: nothing lost, nothing stored twice."""
+"""The gateway's ingest through a real broker: nothing lost, nothing stored twice.
+
+The tests that store through a gateway take the ``db`` fixture: each runs on a SQLite file
+and on a PostgreSQL database (``tests/pg.py``; skipped without a server).
+"""
 
 from __future__ import annotations
 
@@ -18,10 +22,14 @@ from pathlib import Path
 
 import pytest
 from conftest import PahoClient, TlsFiles, make_ca
+from test_store import db_fixture, pg_url_fixture  # noqa: F401 (fixtures)
 
 from firmware_sim.cli import gateway as cli_gateway
 from firmware_sim.config import BrokerUrl
+from firmware_sim.errors import ConfigError
 from firmware_sim.payload import Privacy, Series, Trigger, Uplink, encode_uplink
+from firmware_sim.scenario.model import load_scenario
+from firmware_sim.scenario.runner import run_scenario
 from gateway.broker import EmbeddedBroker, MosquittoBroker, free_port
 from gateway.errors import BrokerError, OptionError
 from gateway.ingest import (
@@ -30,9 +38,10 @@ from gateway.ingest import (
     broker_url,
     classify_topic,
     presence_topic,
+    share_filters,
     uplink_topic,
 )
-from gateway.store import Kind, SqliteStore, Store
+from gateway.store import Kind, SqliteStore, Store, open_store
 
 AnyBroker = MosquittoBroker | EmbeddedBroker
 BASE = 1_795_000_000_000
@@ -78,14 +87,14 @@ def payload(vin: str, seq: int, speed: int = 500, *, boot: int = 0, evicted: int
 
 @pytest.fixture
 def gateways(
-    tmp_path: Path, unique_id: Callable[[str], str], mqtt_client: Callable[..., PahoClient]
+    db: str, unique_id: Callable[[str], str], mqtt_client: Callable[..., PahoClient]
 ) -> Iterator[Callable[..., GatewayThread]]:
     """Start gateways on a test database; stop them and end their broker sessions after."""
     made: list[tuple[GatewayThread, AnyBroker, str]] = []
     default_id = unique_id("gw")
 
     def start(broker: AnyBroker, client_id: str = default_id, **options: object) -> GatewayThread:
-        gw = GatewayThread(tmp_path / "gateway.sqlite3", broker.url, client_id=client_id, **options)
+        gw = GatewayThread(db, broker.url, client_id=client_id, **options)
         gw.start(connect_timeout=WAIT)
         made.append((gw, broker, client_id))
         return gw
@@ -248,7 +257,7 @@ def test_gateway_stopped_while_a_box_publishes_loses_nothing(
         publishing.join(WAIT)
     assert not publishing.is_alive()
     n = published[0]
-    with SqliteStore(gw.db) as stopped:
+    with open_store(gw.db) as stopped:
         assert stopped.payload_count(vin) <= n - 200
     again = gateways(broker)
     assert again.wait_until(lambda s: s.payload_count(vin) == n, WAIT), again.stats
@@ -289,7 +298,7 @@ def test_broker_restart_loses_nothing(
 
 def test_a_gateway_killed_before_its_commit_gets_the_messages_again(
     fresh_broker: AnyBroker,
-    tmp_path: Path,
+    db: str,
     gateways: Callable[..., GatewayThread],
     mqtt_client: Callable[..., PahoClient],
     unique_id: Callable[[str], str],
@@ -299,7 +308,6 @@ def test_a_gateway_killed_before_its_commit_gets_the_messages_again(
     # The acknowledgement leaves only after the commit: a gateway process killed while it
     # holds received messages has not acknowledged them, so the broker sends them again.
     client_id = unique_id("gw")
-    db = tmp_path / "gateway.sqlite3"
     vin = new_vin()
     proc = subprocess.Popen(
         [
@@ -311,7 +319,7 @@ def test_a_gateway_killed_before_its_commit_gets_the_messages_again(
             "--broker",
             fresh_broker.url,
             "--db",
-            str(db),
+            db,
             "--client-id",
             client_id,
             "--batch-wait",
@@ -340,7 +348,7 @@ def test_a_gateway_killed_before_its_commit_gets_the_messages_again(
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(WAIT)
-    with SqliteStore(db) as store:
+    with open_store(db) as store:
         assert store.payload_count(vin) == 0  # killed before any commit
     gw = gateways(fresh_broker, client_id=client_id)
     assert gw.wait_until(lambda s: s.payload_count(vin) == 20, WAIT), gw.stats
@@ -378,10 +386,10 @@ def test_broker_urls() -> None:
     bad = ["http://x:1", "mqtt://x:99999", "localhost"]
     for password in ("hunter2", "hun@ter2", "hunter\\2", "hunter'2"):
         bad += [f"mqtt://u:{password}@x:99999", f"http://u:{password}@x", f"mqtt://u:{password}@"]
-    for url in bad:
+    for text in bad:
         with pytest.raises(BrokerError) as caught:
-            broker_url(url)
-        assert "ter2" not in str(caught.value), url
+            broker_url(text)
+        assert "ter2" not in str(caught.value), text
 
 
 def test_tls_options_are_checked_before_connecting(tmp_path: Path) -> None:
@@ -505,16 +513,15 @@ def test_an_untrusted_broker_certificate_never_connects(
 # -- the CLI ------------------------------------------------------------------------------
 
 
-def test_cli_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    db = tmp_path / "g.sqlite3"
+def test_cli_status(db: str, capsys: pytest.CaptureFixture[str]) -> None:
     vin = new_vin()
-    with SqliteStore(db) as store:
+    with open_store(db) as store:
         store.ingest(vin, payload(vin, 0, boot=2), BASE)
         store.ingest(vin, payload(vin, 3, boot=2, evicted=1), BASE + 1)
         store.ingest(vin, b"junk", BASE + 2)
         store.ingest_presence(vin, b'{"state": "online", "boot": 1}', BASE + 3)
         store.ingest(vin, payload(vin, 0, boot=1), BASE + 4)  # a wiped box's first upload
-    assert gateway_cli("status", vin, "--db", str(db)) == 0
+    assert gateway_cli("status", vin, "--db", db) == 0
     text = capsys.readouterr().out
     assert "Vehicle.Speed" in text
     assert "km/h" in text
@@ -524,7 +531,8 @@ def test_cli_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "seq gaps 2 (1-2); evicted by the box: 1; not explained by evictions: 1" in words
     assert "box reset since 2026-11-18T11:06:40.004Z: the flash was wiped" in words
     assert "its uploads kept as box_reset rejections: 1" in words
-    assert gateway_cli("status", vin, "--db", f"sqlite:///{db}", "--json") == 0
+    url = db if "://" in db else f"sqlite:///{db}"
+    assert gateway_cli("status", vin, "--db", url, "--json") == 0
     status = json.loads(capsys.readouterr().out)
     assert status["payloads"] == 2
     assert status["gaps"] == {
@@ -535,7 +543,7 @@ def test_cli_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     }
     assert status["box_reset"]["uploads"] == 1
     assert [r["reason"] for r in status["last_rejections"]] == ["not_cbor", "box_reset"]
-    assert gateway_cli("status", new_vin(), "--db", str(db)) == 1
+    assert gateway_cli("status", new_vin(), "--db", db) == 1
 
 
 def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -694,3 +702,70 @@ def test_embedded_broker_keeps_the_session_of_a_stopped_gateway(
         assert again.wait_until(lambda s: s.payload_count(vin) == 200, WAIT), again.stats
         assert again.reader().counters()["rejected"] == 0
         assert again.stats.manual_ack
+
+
+def test_a_scenario_runs_into_either_database(db: str, broker: AnyBroker, tmp_path: Path) -> None:
+    scenario = load_scenario(Path(__file__).resolve().parent.parent / "scenarios" / "crash.yaml")
+    record = run_scenario(scenario, data_dir=tmp_path / "run", broker_url=broker.url, db=db)
+    assert [e.name for e in record.expectations if not e.passed] == []
+    with open_store(db) as store:
+        assert store.payload_count(scenario.config.vin) == record.counters["stored_payloads"] > 5
+    assert not (tmp_path / "run" / "gateway.sqlite3").exists() or "://" not in db
+    with pytest.raises(ConfigError, match="already holds uploads of vehicle"):
+        run_scenario(scenario, data_dir=tmp_path / "again", broker_url=broker.url, db=db)
+
+
+# -- shared subscriptions ------------------------------------------------------------------
+
+
+def test_share_filters() -> None:
+    assert share_filters(None) == ("tcusim/v1/+/up", "tcusim/v1/+/presence")
+    assert share_filters("ingest") == (
+        "$share/ingest/tcusim/v1/+/up",
+        "$share/ingest/tcusim/v1/+/presence",
+    )
+    for bad in ("", "a/b", "a+", "#", " a"):
+        with pytest.raises(OptionError, match="share group"):
+            share_filters(bad)
+    with SqliteStore(":memory:") as store:
+        with pytest.raises(OptionError, match="share group"):
+            Gateway(store, "mqtt://127.0.0.1:1", share_group="a/b")
+        with pytest.raises(OptionError, match="session_expiry"):
+            Gateway(store, "mqtt://127.0.0.1:1", share_group="g", session_expiry=-1)
+        assert "share_group='g'" in repr(Gateway(store, "mqtt://127.0.0.1:1", share_group="g"))
+
+
+def test_cli_refuses_a_bad_share_group(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "g.sqlite3")
+    assert gateway_cli("ingest", "--broker", "mqtt://h:1", "--db", db, "--share", "a/b") == 2
+    assert "share group" in one_error_line(capsys)
+
+
+def test_a_shared_subscription_splits_the_work_and_keeps_the_garbage(
+    broker: AnyBroker,
+    gateways: Callable[..., GatewayThread],
+    mqtt_client: Callable[..., PahoClient],
+    unique_id: Callable[[str], str],
+) -> None:
+    if not isinstance(broker, MosquittoBroker):
+        pytest.skip("shared subscriptions need Mosquitto")
+    group = unique_id("group")
+    members = [gateways(broker, unique_id("gw"), share_group=group) for _ in range(2)]
+    vins = [new_vin() for _ in range(3)]
+    box = mqtt_client(broker, unique_id("box")).connect()
+    n = 300
+    stream = [(uplink_topic(vins[i % 3]), payload(vins[i % 3], i // 3)) for i in range(n)]
+    garbage = [(uplink_topic(vins[0]), b"\xffjunk%d" % i) for i in range(10)]
+    box.publish_many(stream[:150] + garbage + stream[150:])
+
+    def done(_store: Store) -> bool:
+        return sum(m.stats.accepted + m.stats.rejected for m in members) >= n + 10
+
+    assert members[0].wait_until(done, WAIT), [m.stats for m in members]
+    assert all(m.stats.accepted > 0 for m in members)  # each took a share
+    assert sum(m.stats.accepted for m in members) == n
+    assert sum(m.stats.rejected_by_reason.get("not_cbor", 0) for m in members) == 10
+    assert all(m.running for m in members)
+    store = members[0].reader()
+    assert sum(store.payload_count(vin) for vin in vins) == n
+    assert {r.raw for r in store.rejections()} >= {raw for _t, raw in garbage}

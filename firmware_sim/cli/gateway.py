@@ -4,9 +4,11 @@
 presence, last-known signal values, payload counts, sequence gaps (uploads that never
 arrived) next to the uploads the box says it evicted, and rejections. It opens the database
 read-only and refuses one that is not the gateway's. ``tcusim gateway ingest`` stores what
-the boxes publish on a broker until interrupted.
+the boxes publish on a broker until interrupted; with ``--share GROUP`` several of them (each
+with its own ``--client-id``) share the work as one MQTT 5 shared subscription.
 
-A database is a path or a URL: ``sqlite:///relative.sqlite3``, ``sqlite:////absolute.sqlite3``.
+A database is a path or a URL: ``sqlite:///relative.sqlite3``, ``sqlite:////absolute.sqlite3``,
+``postgresql://user[:password]@host[:port]/dbname``.
 A broker is ``mqtt://[user:password@]host[:port]``, or ``mqtts://`` for TLS.
 Errors are one line on standard error and exit status 2.
 """
@@ -24,7 +26,7 @@ from typing import Any, TextIO
 
 from gateway.errors import GatewayError
 from gateway.ingest import CLIENT_ID, Gateway
-from gateway.store import DEFAULT_DB_PATH, Rejection, open_store, rfc3339
+from gateway.store import DEFAULT_DB_PATH, Rejection, open_store, redact_url, rfc3339
 
 __all__ = ["add_subparser", "run_ingest", "run_status"]
 
@@ -106,6 +108,12 @@ def add_subparser(subparsers: Any) -> None:
         "--client-id",
         default=CLIENT_ID,
         help="MQTT client id of the persistent session (default: %(default)s)",
+    )
+    ingest.add_argument(
+        "--share",
+        metavar="GROUP",
+        help="join the MQTT 5 shared subscription GROUP: the broker gives each message to one"
+        " gateway of the group (each with its own --client-id)",
     )
     ingest.add_argument(
         "--batch-size",
@@ -233,9 +241,10 @@ async def _ingest(args: argparse.Namespace) -> Gateway:
             tls_key=args.tls_key,
             batch_size=args.batch_size,
             batch_wait=args.batch_wait,
+            share_group=args.share,
         )
         print(
-            f"tcusim: ingesting from {gateway.broker} into {args.db} (Ctrl-C to stop)",
+            f"tcusim: ingesting from {gateway.broker} into {redact_url(args.db)} (Ctrl-C to stop)",
             file=sys.stderr,
             flush=True,
         )

@@ -34,7 +34,7 @@ from firmware_sim.sim.drive import Drive
 from firmware_sim.sim.session import SimulatedCar
 from gateway.broker import EmbeddedBroker, MosquittoBroker, start_test_broker
 from gateway.ingest import GatewayThread
-from gateway.store import Store, sample_value
+from gateway.store import Store, redact_url, sample_value
 
 __all__ = ["OffsetClock", "ScenarioRunner", "run_scenario"]
 
@@ -130,10 +130,14 @@ class ScenarioRunner:
         speed: float | None = None,
         record_dir: str | Path | None = None,
         progress: Callable[[float, float], None] | None = None,
+        db: str | None = None,
     ) -> None:
         """``speed`` paces simulated time (1.0 = real time); ``None`` runs as fast as it can.
 
         Without ``broker_url`` the runner starts its own broker (Mosquitto where installed).
+        ``db`` is the gateway's database (anything :func:`gateway.store.open_store` takes,
+        ``postgresql://...`` among them); by default a new ``gateway.sqlite3`` in
+        ``data_dir``. A given database must hold no upload of the scenario's vehicle yet.
         """
         if speed is not None and speed <= 0:
             raise ConfigError("speed must be positive")
@@ -143,6 +147,7 @@ class ScenarioRunner:
         self.speed = speed
         self.record_dir = Path(record_dir) if record_dir is not None else None
         self.progress = progress
+        self.db = db
         self.scheduler = SimScheduler(scenario.start_ms)
         self.box_clock = OffsetClock(self.scheduler)
         self.record = RunRecord(
@@ -168,11 +173,20 @@ class ScenarioRunner:
         wall = time.monotonic()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for name in ("flash.sqlite3", "gateway.sqlite3"):
+            if name == "gateway.sqlite3" and self.db is not None:
+                continue
             for suffix in ("", "-wal", "-shm"):
                 (self.data_dir / f"{name}{suffix}").unlink(missing_ok=True)
+        db = self.db if self.db is not None else str(self.data_dir / "gateway.sqlite3")
         with contextlib.ExitStack() as stack:
             url = self.broker_url or self._start_broker(stack)
-            gateway = stack.enter_context(GatewayThread(self.data_dir / "gateway.sqlite3", url))
+            gateway = stack.enter_context(GatewayThread(db, url))
+            # (A retained presence message may already have named the vehicle: that is fine.)
+            if gateway.reader().payload_count(self.scenario.config.vin):
+                raise ConfigError(
+                    f"the database {redact_url(db)} already holds uploads of vehicle"
+                    f" {self.scenario.config.vin}: a scenario needs a database without them"
+                )
             car = self._make_car(url, stack)
             car.start()
             self._schedule(car)
