@@ -6,6 +6,8 @@ arrived) next to the uploads the box says it evicted, and rejections. It opens t
 read-only and refuses one that is not the gateway's. ``tcusim gateway ingest`` stores what
 the boxes publish on a broker until interrupted; with ``--share GROUP`` several of them (each
 with its own ``--client-id``) share the work as one MQTT 5 shared subscription.
+``tcusim gateway serve`` runs the whole gateway: ingest, the connected-car Web API (OpenAPI
+at ``/connectedcar/v4/openapi.json``), the monitors and the webhook delivery.
 
 A database is a path or a URL: ``sqlite:///relative.sqlite3``, ``sqlite:////absolute.sqlite3``,
 ``postgresql://user[:password]@host[:port]/dbname``.
@@ -21,11 +23,15 @@ import json
 import math
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.errors import GatewayError
+from gateway.accounts import load_accounts
+from gateway.errors import GatewayError, OptionError
 from gateway.ingest import CLIENT_ID, Gateway
+from gateway.service import GatewayService, load_or_create_secret
 from gateway.store import DEFAULT_DB_PATH, Rejection, open_store, redact_url, rfc3339
 
 __all__ = ["add_subparser", "run_ingest", "run_status"]
@@ -129,6 +135,126 @@ def add_subparser(subparsers: Any) -> None:
         help="how long a batch waits for more messages (default: %(default)s)",
     )
     ingest.set_defaults(func=run_ingest)
+
+    serve = commands.add_parser(
+        "serve",
+        help="ingest, the connected-car Web API, monitors and webhooks, until Ctrl-C",
+        description="Run the whole gateway in one process: ingest from --broker (left out: "
+        "serve the API over what the database holds), the Web API on --http, the monitors "
+        "and the webhook delivery. Several processes can share one database and one "
+        "broker (--share); give them the same --secret-file so each accepts the others' "
+        "tokens.",
+    )
+    serve.add_argument(
+        "--broker", metavar="URL", help="the broker, mqtt://[user:password@]host[:port]"
+    )
+    serve.add_argument(
+        "--db", default=str(DEFAULT_DB_PATH), help="database path or URL (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--http",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        type=_host_port,
+        help="where the Web API listens (default: %(default)s; port 0 picks a free one)",
+    )
+    serve.add_argument(
+        "--accounts",
+        metavar="FILE",
+        help="an accounts file (format tcusim-accounts/1); default: the demo accounts, "
+        "every new vehicle enrolled for the demo user and the demo fleet",
+    )
+    serve.add_argument(
+        "--secret-file",
+        metavar="FILE",
+        help="the token-signing secret, made when absent (default: token.secret beside a "
+        "SQLite database, else tcusim-data/token.secret)",
+    )
+    serve.add_argument("--base-url", help="prefix of the links in answers (default: none)")
+    serve.add_argument("--tls-ca", metavar="FILE", help="CA certificate(s) for mqtts://")
+    serve.add_argument("--tls-cert", metavar="FILE", help="client certificate for mqtts://")
+    serve.add_argument("--tls-key", metavar="FILE", help="the client certificate's key")
+    serve.add_argument(
+        "--client-id",
+        default=CLIENT_ID,
+        help="MQTT client id of the persistent session (default: %(default)s)",
+    )
+    serve.add_argument("--share", metavar="GROUP", help="join the shared subscription GROUP")
+    serve.set_defaults(func=run_serve)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """An argparse type: ``HOST:PORT`` (``[v6]:PORT`` for IPv6)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {port!r}") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {number}")
+    return host.strip("[]"), number
+
+
+def _default_secret_file(db: str) -> Path:
+    if db.startswith("postgresql://") or db.startswith("postgres://"):
+        return DEFAULT_DB_PATH.parent / "token.secret"
+    path = db.removeprefix("sqlite://")
+    path = path[1:] if db.startswith("sqlite://") else path
+    return Path(path).parent / "token.secret"
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM; 2 on an error."""
+    try:
+        accounts = load_accounts(args.accounts) if args.accounts else None
+        secret = load_or_create_secret(args.secret_file or _default_secret_file(args.db))
+        ingest: dict[str, Any] = {}
+        if args.broker:
+            ingest = {
+                "client_id": args.client_id,
+                "share_group": args.share,
+                "tls_ca": args.tls_ca,
+                "tls_cert": args.tls_cert,
+                "tls_key": args.tls_key,
+            }
+        elif args.share or args.tls_ca or args.tls_cert or args.tls_key:
+            raise OptionError("--share and --tls-* need --broker")
+        service = GatewayService(
+            args.db,
+            secret=secret,
+            broker=args.broker,
+            accounts=accounts,
+            http_host=args.http[0],
+            http_port=args.http[1],
+            base_url=args.base_url,
+            **ingest,
+        )
+    except (GatewayError, OSError) as exc:
+        return _fail(exc)
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        service.start()
+        source = f"ingesting from {service.ingest.broker_url}, " if service.ingest else ""
+        print(
+            f"tcusim: {source}Web API on {service.base_url}/connectedcar/v4"
+            f" (OpenAPI at /connectedcar/v4/openapi.json), database {redact_url(args.db)}"
+            " (Ctrl-C to stop)",
+            file=sys.stderr,
+            flush=True,
+        )
+        stop.wait()
+    except (GatewayError, OSError) as exc:
+        return _fail(exc)
+    finally:
+        service.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
 
 
 def _rejection_row(r: Rejection) -> dict[str, Any]:
