@@ -49,6 +49,15 @@ def test_demo_on_the_embedded_broker(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert all(conforms(p.raw) for p in payloads), "a payload breaks uplink.cddl"
     report = Path(str(summary["report"])).read_text()
     assert "Demo commute" in report and report.count("<svg") >= 4
+    # The app's side: what the Web API served and what the monitors sent.
+    api = summary["api"]
+    assert isinstance(api, dict)
+    assert all(c["passed"] for c in api["checks"]), api["checks"]
+    assert api["trips"] == 1 and api["trip_km"] > 3 and api["ignition"] == "Stop"
+    assert api["privacy"] == "Geolocation" and api["last_position_status"] == 403
+    monitors = sorted(n["monitor"] for n in api["notifications"])
+    assert monitors == ["left home", "over 80 km/h"]
+    assert all(n["signed"] for n in api["notifications"])
 
 
 def test_demo_on_mosquitto(

@@ -1,4 +1,9 @@
-"""``tcusim demo``: a broker, the gateway and a car driving a scenario, with a report."""
+"""``tcusim demo``: a broker, the gateway and a car driving a scenario, with a report.
+
+The gateway runs whole (:class:`gateway.service.GatewayService`: its Web API, monitors and
+webhooks); an app signs the demo user in, subscribes a webhook with two monitors before the
+drive, and reads the car's status, trips and position through the API after it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import threading
 from collections import Counter
 from importlib import resources
 from pathlib import Path
@@ -19,8 +25,22 @@ from firmware_sim.scenario.model import Scenario, load_scenario
 from firmware_sim.scenario.record import RunRecord
 from firmware_sim.scenario.report import write_report
 from firmware_sim.scenario.runner import ScenarioRunner
+from gateway.apiclient import ApiClient, Notification, WebhookReceiver
 from gateway.broker import EmbeddedBroker
+from gateway.service import GatewayService, load_or_create_secret
 from gateway.store import SqliteStore
+
+# The demo user and app (gateway/data/accounts.yaml).
+DEMO_LOGIN = {
+    "email": "demo@tcusim.local",
+    "password": "tcusim-demo",
+    "client_id": "demo-app",
+    "client_secret": "demo-app-secret",
+    "redirect_uri": "http://127.0.0.1:8765/callback",
+    "scopes": "data:telemetry data:position data:trip data:alert data:collision",
+}
+HOME_RADIUS_KM = 2.0
+SPEEDING_KMH = 80
 
 
 def demo_scenario() -> Scenario:
@@ -50,6 +70,17 @@ def add_subparser(subparsers: Any) -> None:
     )
     parser.add_argument("--seed", type=int, help="another random seed for the drive")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep the gateway's Web API serving the demo's data until Ctrl-C",
+    )
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        default=0,
+        help="the Web API's port on 127.0.0.1 (default: a free one)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -60,21 +91,149 @@ def run(args: argparse.Namespace) -> int:
         if args.seed < 0:
             raise ConfigError("--seed must not be negative")
         scenario = dataclasses.replace(scenario, seed=args.seed)
+    if not 0 <= args.http_port <= 65535:
+        raise ConfigError(f"--http-port must be 0 to 65535, not {args.http_port}")
     data_dir: Path = args.data_dir
+    db = data_dir / "gateway.sqlite3"
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm"):
+            db.with_name(db.name + suffix).unlink(missing_ok=True)
     except OSError as exc:
         raise ConfigError(f"--data-dir {data_dir}: {exc.strerror or exc}") from exc
+    secret = load_or_create_secret(data_dir / "token.secret")
     with contextlib.ExitStack() as stack:
         broker_url = args.broker or stack.enter_context(EmbeddedBroker()).url
-        record = ScenarioRunner(scenario, data_dir=data_dir, broker_url=broker_url).run()
-    report = write_report(record, data_dir / "report.html")
-    summary = _summary(scenario, record, broker_url, data_dir, report)
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        _print_summary(summary, record)
-    return 0 if record.passed else 1
+        service = GatewayService(
+            db,
+            secret=secret,
+            http_port=args.http_port,
+            monitor_interval_s=0.2,
+            webhook_interval_s=0.2,
+        )
+        service.start()
+        stack.callback(service.stop)
+        receiver = stack.enter_context(WebhookReceiver())
+        app = stack.enter_context(ApiClient(service.base_url))
+        monitors = _subscribe(app, receiver, scenario)
+        runner = ScenarioRunner(scenario, data_dir=data_dir, broker_url=broker_url, db=str(db))
+        record = runner.run()
+        api = _read_api(app, receiver, scenario, monitors)
+        report = write_report(record, data_dir / "report.html")
+        summary = _summary(scenario, record, broker_url, data_dir, report)
+        summary["api"] = api
+        summary["passed"] = record.passed and all(c["passed"] for c in api["checks"])
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            _print_summary(summary, record)
+        if args.serve:
+            _serve_until_interrupted(service.base_url)
+    return 0 if summary["passed"] else 1
+
+
+def _subscribe(app: ApiClient, receiver: WebhookReceiver, scenario: Scenario) -> dict[str, str]:
+    """Sign the demo user in and watch the car: leaving home, and speeding. Monitor ids."""
+    app.sign_in_user(**DEMO_LOGIN)
+    vid = app.vehicle_id(scenario.config.vin)
+    hook = {"webhook": {"name": "demo app", "target": receiver.url}}
+    callback = app.post("/user/callbacks", {"label": "demo app", "callback": hook})
+    receiver.secrets[callback["callbackId"]] = callback["secret"]
+    lat, lon = scenario.route.points[0][:2]
+    home = {
+        "name": "away",
+        "zone": {
+            "transition": "Out",
+            "place": {"radius": HOME_RADIUS_KM, "center": {"latitude": lat, "longitude": lon}},
+        },
+    }
+    fast = {
+        "name": "fast",
+        "data": {
+            "data": "vehicle.kinetic.speed",
+            "op": "greaterThan",
+            "value": [str(SPEEDING_KMH)],
+        },
+    }
+    ids = {}
+    for label, trigger in (("left home", home), (f"over {SPEEDING_KMH} km/h", fast)):
+        body = {"label": label, "triggerParam": {"triggers": [trigger], "boolExp": trigger["name"]}}
+        made = app.post(f"/user/vehicles/{vid}/callbacks/{callback['callbackId']}/monitors", body)
+        ids[made["monitorId"]] = label
+    return ids
+
+
+def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
+    return {"name": name, "passed": passed, "detail": detail}
+
+
+def _read_api(
+    app: ApiClient, receiver: WebhookReceiver, scenario: Scenario, monitors: dict[str, str]
+) -> dict[str, Any]:
+    """What the app sees after the drive, and the checks on it."""
+    vid = app.vehicle_id(scenario.config.vin)
+
+    def fired(got: list[Notification]) -> set[str]:
+        return {str(n.body.get("monitorEvent", {}).get("monitorId")) for n in got}
+
+    receiver.wait(lambda got: set(monitors) <= fired(got), timeout=20)
+    status = app.get(f"/user/vehicles/{vid}/status")
+    trips = app.get(f"/user/vehicles/{vid}/trips")["_embedded"].get("trips", [])
+    position = app.request("GET", f"/user/vehicles/{vid}/lastPosition")
+    try:
+        position_body = position.json()
+    except ValueError:
+        position_body = {}
+    privacy = status.get("privacy", {}).get("state")
+    notes: list[dict[str, Any]] = [
+        {
+            "monitor": monitors.get(str(n.body["monitorEvent"]["monitorId"]), "?"),
+            "date": n.body.get("date"),
+            "signed": n.signed,
+        }
+        for n in receiver.received
+        if "monitorEvent" in n.body
+    ]
+    km = sum(float(t.get("distance") or 0) for t in trips)
+    checks = [
+        _check("api: one trip", len(trips) == 1, f"{len(trips)} trip(s), {km:.1f} km"),
+        _check(
+            "api: position withheld under Geolocation",
+            privacy == "Geolocation"
+            and position.status_code == 403
+            and "lastPosition" not in status,
+            f"privacy {privacy}, lastPosition HTTP {position.status_code}"
+            f" {position_body.get('code', '')}",
+        ),
+        _check(
+            "webhooks: each monitor notified once, signed",
+            sorted(str(n["monitor"]) for n in notes) == sorted(monitors.values())
+            and all(n["signed"] for n in notes),
+            ", ".join(f"{n['monitor']} at {n['date']}" for n in notes) or "none",
+        ),
+    ]
+    return {
+        "base_url": app.http.base_url.__str__(),
+        "vehicle_id": vid,
+        "trips": len(trips),
+        "trip_km": round(km, 1),
+        "odometer_km": status.get("odometer", {}).get("mileage"),
+        "ignition": status.get("ignition", {}).get("type"),
+        "privacy": privacy,
+        "last_position_status": position.status_code,
+        "notifications": notes,
+        "checks": checks,
+    }
+
+
+def _serve_until_interrupted(base_url: str) -> None:
+    print(
+        f"\nThe Web API keeps serving on {base_url}/connectedcar/v4 (docs at"
+        f" {base_url}/connectedcar/v4/docs); Ctrl-C to stop.",
+        flush=True,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        threading.Event().wait()
 
 
 def _summary(
@@ -161,6 +320,21 @@ def _print_summary(s: dict[str, Any], record: RunRecord) -> None:
             f"{s['positions_after_privacy']} after",
         ),
         ("rejected / gaps", f"{s['rejected']} / {s['seq_gaps']}"),
+        ("Web API", f"{s['api']['base_url']}/connectedcar/v4 (demo user, PKCE sign-in)"),
+        (
+            "API views",
+            f"{s['api']['trips']} trip(s), {s['api']['trip_km']} km; odometer"
+            f" {s['api']['odometer_km']} km; ignition {s['api']['ignition']}; privacy"
+            f" {s['api']['privacy']}, lastPosition HTTP {s['api']['last_position_status']}",
+        ),
+        (
+            "webhooks",
+            ", ".join(
+                f"{n['monitor']} at {n['date']}{'' if n['signed'] else ' (UNSIGNED)'}"
+                for n in s["api"]["notifications"]
+            )
+            or "none",
+        ),
         ("report", s["report"]),
     ]
     width = max(len(k) for k, _ in rows)
@@ -170,5 +344,8 @@ def _print_summary(s: dict[str, Any], record: RunRecord) -> None:
     print()
     for e in record.expectations:
         print(f"  {'PASS' if e.passed else 'FAIL'}  {e.name}: {e.detail}")
+    for c in s["api"]["checks"]:
+        print(f"  {'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['detail']}")
     print(f"\nInspect it: tcusim gateway status {s['vin']} --db {s['data_dir']}/gateway.sqlite3")
     print("More scenarios: tcusim scenario run scenarios/tunnel_offline.yaml --report run.html")
+    print("The Web API on this data: tcusim demo --serve (docs/api.md shows the calls)")
