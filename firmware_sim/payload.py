@@ -2,7 +2,9 @@
 
 The wire format is described in ``firmware_sim/uplink.cddl`` (RFC 8610) and explained in
 ``docs/payload.md``. :func:`encode_uplink` refuses a model it cannot represent and
-:func:`decode_uplink` refuses anything the contract does not allow; both raise
+:func:`decode_uplink` refuses anything the contract does not allow
+(:func:`decode_uplink_columns` refuses the same, and gives the series column by column and
+packed, as the gateway stores them); all three raise
 :class:`~firmware_sim.errors.PayloadError` and nothing else, with one of these ``reason``\\ s:
 
 ``too_large``         more than :data:`MAX_PAYLOAD_BYTES` bytes or :data:`MAX_SAMPLES` samples
@@ -26,12 +28,13 @@ from __future__ import annotations
 import enum
 import io
 import re
-from collections.abc import Callable, Mapping, Sequence
+import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
-from itertools import accumulate
-from operator import sub
+from itertools import accumulate, chain, compress, repeat
+from operator import add, mul, sub
 from typing import Any, NoReturn, Protocol
 
 import cbor2
@@ -47,9 +50,13 @@ __all__ = [
     "SignalNames",
     "Trigger",
     "Uplink",
+    "UplinkColumns",
     "decode_uplink",
+    "decode_uplink_columns",
     "encode_uplink",
+    "pack_format",
     "quantize",
+    "unpack_series",
     "uplink_to_json",
 ]
 
@@ -65,6 +72,8 @@ UINT64_MAX = 2**64 - 1
 
 _VIN = re.compile(r"[A-HJ-NPR-Z0-9]{17}")
 _INT_ONLY = frozenset((int,))
+_LIST_ONLY = frozenset((list,))
+_SERIES_LENGTHS = frozenset((5, 6))
 _REQUIRED_KEYS = (0, 1, 2, 3, 4, 5, 6)
 _KNOWN_KEYS = frozenset((*_REQUIRED_KEYS, 7, 8))
 _MAX_DEPTH = 8  # map > series list > series > values: 4 levels are needed
@@ -133,6 +142,115 @@ class Uplink:
     series: tuple[Series, ...]
     boot: int = 0
     evicted: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkColumns:
+    """One upload as :func:`decode_uplink_columns` gives it: its series column by column.
+
+    The header is :class:`Uplink`'s. Column ``i`` of ``signal_ids``, ``exps``, ``t0s`` (the
+    first sample's offset from ``base_time_ms``), ``periods`` (0 for irregular times),
+    ``counts`` and ``t_lasts`` (the last sample's offset) describes the payload's series
+    ``i``. ``packed`` holds all the series in the binary form that
+    :func:`unpack_series` reads (see :func:`pack_format`).
+    """
+
+    vin: str
+    seq: int
+    base_time_ms: int
+    trigger: Trigger
+    privacy: Privacy
+    boot: int
+    evicted: int
+    signal_ids: tuple[int, ...]
+    exps: tuple[int, ...]
+    t0s: tuple[int, ...]
+    periods: tuple[int, ...]
+    counts: tuple[int, ...]
+    t_lasts: tuple[int, ...]
+    n_samples: int
+    packed: bytes
+
+    def series(self) -> tuple[Series, ...]:
+        """The series as :class:`Series`, as :func:`decode_uplink` gives them."""
+        return tuple(
+            Series(sid, exp, tuple(times), tuple(mantissas))
+            for sid, exp, times, mantissas in unpack_series(self.packed)
+        )
+
+    def uplink(self) -> Uplink:
+        """The :class:`Uplink` that :func:`decode_uplink` gives for the same payload."""
+        return Uplink(
+            vin=self.vin,
+            seq=self.seq,
+            base_time_ms=self.base_time_ms,
+            trigger=self.trigger,
+            privacy=self.privacy,
+            series=self.series(),
+            boot=self.boot,
+            evicted=self.evicted,
+        )
+
+
+# The packed series: a header of four little-endian signed 64-bit integers (the number k of
+# series, of samples n and of irregular sample times m, and the width w of a value: 4 or 8
+# bytes), then k signal ids (u16), k exps (i8), k first and k last sample times (offsets
+# from the base time, i64), k sample counts (i32), k flags (u8, 1: irregular times), n values
+# and m times (i64), all little-endian. With w = 4 the values are as on the wire, each
+# series' first mantissa then the differences; with w = 8 they are the mantissas. The times
+# are those of the irregular series, one series after the other; a regular series' times are
+# evenly spaced from its first to its last.
+_PACK_HEADER = struct.Struct("<4q")
+
+
+def pack_format(k: int, n: int, m: int, width: int) -> str:
+    """The ``struct`` format of packed series (header included): ``k`` series, ``n`` samples,
+    ``m`` irregular times, values of ``width`` bytes."""
+    return f"<4q{k}H{k}b{k}q{k}q{k}i{k}B{n}{'i' if width == 4 else 'q'}{m}q"
+
+
+def unpack_series(
+    packed: bytes, signal_id: int | None = None
+) -> Iterator[tuple[int, int, Iterable[int], Iterable[int]]]:
+    """``(signal_id, exp, times, mantissas)`` of each packed series (of one signal), in order.
+
+    The times are offsets from the upload's base time.
+    """
+    k, n, _m, width = _PACK_HEADER.unpack_from(packed)
+    columns = struct.unpack_from(f"<{k}H{k}b{k}q{k}q{k}i{k}B", packed, _PACK_HEADER.size)
+    sids = columns[:k]
+    if signal_id is None:
+        wanted: Iterable[int] = range(k)
+    elif signal_id in sids:
+        wanted = (sids.index(signal_id),)
+    else:
+        return
+    exps, t0s, t_lasts = columns[k : 2 * k], columns[2 * k : 3 * k], columns[3 * k : 4 * k]
+    counts, irregular = columns[4 * k : 5 * k], columns[5 * k :]
+    code = "i" if width == 4 else "q"
+    values_at = _PACK_HEADER.size + 24 * k
+    times_at = values_at + n * width
+    every = struct.unpack_from(f"<{n}{code}", packed, values_at) if signal_id is None else ()
+    start = 0
+    for i in wanted:
+        count = counts[i]
+        if signal_id is None:
+            values: Iterable[int] = every[start : start + count]
+            start += count
+        else:
+            at = values_at + sum(counts[:i]) * width
+            values = struct.unpack_from(f"<{count}{code}", packed, at)
+        if width == 4:
+            values = accumulate(values)
+        times: Iterable[int]
+        if irregular[i]:
+            at = times_at + 8 * sum(compress(counts[:i], irregular[:i]))
+            times = struct.unpack_from(f"<{count}q", packed, at)
+        elif count == 1:
+            times = (t0s[i],)
+        else:
+            times = range(t0s[i], t_lasts[i] + 1, (t_lasts[i] - t0s[i]) // (count - 1))
+        yield sids[i], exps[i], times, values
 
 
 def quantize(value: float, exp: int) -> int:
@@ -403,8 +521,10 @@ def _get_uint(doc: dict[Any, Any], key: int, name: str, minimum: int = 0) -> int
     return value
 
 
-def decode_uplink(data: bytes) -> Uplink:
-    """The :class:`Uplink` in ``data``, checked against the contract; else :class:`PayloadError`."""
+def _header(
+    data: bytes | bytearray | memoryview,
+) -> tuple[dict[Any, Any], str, int, int, int, int, list[Any]]:
+    """The document and the top-level fields checked before the series."""
     if not isinstance(data, bytes | bytearray | memoryview):
         _fail("not_cbor", f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -436,16 +556,26 @@ def decode_uplink(data: bytes) -> Uplink:
     raw_series = doc[6]
     if type(raw_series) is not list:
         _fail("bad_field", "series (key 6) must be an array")
-    series = tuple([_decode_series(raw, i) for i, raw in enumerate(raw_series)])
-    samples = sum([len(s.mantissas) for s in series])
+    return doc, vin, seq, base_time_ms, trigger, privacy, raw_series
+
+
+def _check_totals(samples: int, signal_ids: Sequence[int]) -> None:
+    """The checks over all series: the number of samples, then one series per signal."""
     if samples > MAX_SAMPLES:
         _fail("too_large", f"{samples} samples, more than {MAX_SAMPLES}")
-    if len({s.signal_id for s in series}) != len(series):
+    if len(set(signal_ids)) != len(signal_ids):
         seen: set[int] = set()
-        for s in series:
-            if s.signal_id in seen:
-                _fail("duplicate_signal", f"signal {s.signal_id} appears twice")
-            seen.add(s.signal_id)
+        for sid in signal_ids:
+            if sid in seen:
+                _fail("duplicate_signal", f"signal {sid} appears twice")
+            seen.add(sid)
+
+
+def decode_uplink(data: bytes | bytearray | memoryview) -> Uplink:
+    """The :class:`Uplink` in ``data``, checked against the contract; else :class:`PayloadError`."""
+    doc, vin, seq, base_time_ms, trigger, privacy, raw_series = _header(data)
+    series = tuple([_decode_series(raw, i) for i, raw in enumerate(raw_series)])
+    _check_totals(sum([len(s.mantissas) for s in series]), [s.signal_id for s in series])
     boot = _get_uint(doc, 7, "boot", 1) if 7 in doc else 0
     evicted = _get_uint(doc, 8, "evicted", 1) if 8 in doc else 0
     return Uplink(
@@ -457,6 +587,174 @@ def decode_uplink(data: bytes) -> Uplink:
         series=series,
         boot=boot,
         evicted=evicted,
+    )
+
+
+_Columns = tuple[
+    tuple[int, ...],  # signal ids
+    tuple[int, ...],  # exps
+    tuple[int, ...],  # t0s
+    tuple[int, ...],  # periods
+    tuple[int, ...],  # counts
+    tuple[int, ...],  # t_lasts
+    int,  # samples
+    bytes,  # packed
+]
+_NO_COLUMNS: _Columns = ((), (), (), (), (), (), 0, _PACK_HEADER.pack(0, 0, 0, 4))
+
+
+def _fast_columns(raw_series: list[Any], data: bytes) -> _Columns | None:
+    """The columns of well-formed series, found with whole-column checks; ``None`` otherwise.
+
+    ``None`` says nothing about the series: :func:`_exact_columns` then checks them one by
+    one. Every rule of :func:`_check_series` holds for the series this accepts: the packing
+    itself (``struct``) refuses a signal id, exp, time, count or value that is not an integer
+    or does not fit its field, and a boolean (the one non-integer it would take) is looked
+    for only when the payload holds its bytes, 0xf4 or 0xf5.
+    """
+    if not raw_series:
+        return _NO_COLUMNS
+    if not set(map(type, raw_series)) <= _LIST_ONLY:
+        return None
+    lengths = list(map(len, raw_series))
+    if not set(lengths) <= _SERIES_LENGTHS:
+        return None
+    sids, exps, t0s, periods, values = list(zip(*raw_series, strict=False))[:5]
+    # The periods multiply below: integers only (a list times a count could be huge).
+    if not set(map(type, periods)) <= _INT_ONLY or not set(map(type, values)) <= _LIST_ONLY:
+        return None
+    if (b"\xf4" in data or b"\xf5" in data) and not set(
+        map(type, chain(sids, exps, t0s, chain.from_iterable(values)))
+    ) <= _INT_ONLY:
+        return None
+    counts = tuple(map(len, values))
+    try:
+        if min(sids) < 1 or min(exps) < -9 or max(exps) > 9 or 0 in counts or min(periods) < 0:
+            return None
+        # The last time of a regular series; an irregular one's (period 0) is its first.
+        t_lasts = list(map(add, t0s, map(mul, map(sub, counts, repeat(1)), periods)))
+        if min(t0s) < INT64_MIN:
+            return None
+    except TypeError:  # not numbers
+        return None
+    times: list[int] = []
+    flags = repeat(0, len(lengths))
+    if 6 in lengths:
+        irregular = [i for i, length in enumerate(lengths) if length == 6]
+        if periods.count(0) != len(irregular):
+            return None
+        for i in irregular:
+            series_gaps = raw_series[i][5]
+            if (
+                periods[i] != 0
+                or type(series_gaps) is not list
+                or counts[i] < 2
+                or len(series_gaps) != counts[i] - 1
+                or not set(map(type, series_gaps)) <= _INT_ONLY
+                or min(series_gaps) < 0
+            ):
+                return None
+            own = list(accumulate(series_gaps, initial=t0s[i]))
+            t_lasts[i] = own[-1]
+            times += own
+        flags = map((0).__eq__, periods)  # type: ignore[assignment]
+    elif 0 in periods:
+        return None
+    k, n, m = len(lengths), sum(counts), len(times)
+    if max(t_lasts) > INT64_MAX or n > 2**31:
+        return None
+    try:
+        # At most 2**31 values within 32 bits: every sum of them is within 64 bits.
+        packed = struct.pack(
+            pack_format(k, n, m, 4),
+            *(k, n, m, 4),
+            *sids,
+            *exps,
+            *t0s,
+            *t_lasts,
+            *counts,
+            *flags,
+            *chain.from_iterable(values),
+            *times,
+        )
+    except struct.error:  # not integers, or not within their fields (a value within 32 bits)
+        try:
+            mantissas = list(chain.from_iterable(map(accumulate, values)))
+            flags = map((0).__eq__, periods)  # type: ignore[assignment]
+            packed = struct.pack(
+                pack_format(k, n, m, 8),
+                *(k, n, m, 8),
+                *sids,
+                *exps,
+                *t0s,
+                *t_lasts,
+                *counts,
+                *flags,
+                *mantissas,
+                *times,
+            )
+        except (struct.error, TypeError):
+            return None
+    return sids, exps, t0s, periods, counts, tuple(t_lasts), n, packed
+
+
+def _exact_columns(raw_series: list[Any]) -> _Columns:
+    """The columns of the series checked one by one (the first bad one raises its reason)."""
+    series = [_decode_series(raw, i) for i, raw in enumerate(raw_series)]
+    k = len(series)
+    periods = tuple(raw[3] for raw in raw_series)
+    irregular = [period == 0 for period in periods]
+    times = [t for s, flag in zip(series, irregular, strict=True) if flag for t in s.times]
+    mantissas = [m for s in series for m in s.mantissas]
+    n = len(mantissas)
+    columns = (
+        tuple(s.signal_id for s in series),
+        tuple(s.exp for s in series),
+        tuple(s.times[0] for s in series),
+        tuple(s.times[-1] for s in series),
+        tuple(len(s.times) for s in series),
+    )
+    packed = struct.pack(
+        pack_format(k, n, len(times), 8),
+        *(k, n, len(times), 8),
+        *chain.from_iterable(columns),
+        *irregular,
+        *mantissas,
+        *times,
+    )
+    sids, exps, t0s, t_lasts, counts = columns
+    return sids, exps, t0s, periods, counts, t_lasts, n, packed
+
+
+def decode_uplink_columns(data: bytes | bytearray | memoryview) -> UplinkColumns:
+    """What :func:`decode_uplink` decodes, as :class:`UplinkColumns`.
+
+    It refuses exactly what :func:`decode_uplink` refuses, with the same reason and detail,
+    but checks well-formed series a column at a time rather than one by one, and makes no
+    tuple of times: the fast way for a payload that is stored rather than looked at.
+    """
+    doc, vin, seq, base_time_ms, trigger, privacy, raw_series = _header(data)
+    columns = _fast_columns(raw_series, bytes(data)) or _exact_columns(raw_series)
+    sids, exps, t0s, periods, counts, t_lasts, n_samples, packed = columns
+    _check_totals(n_samples, sids)
+    boot = _get_uint(doc, 7, "boot", 1) if 7 in doc else 0
+    evicted = _get_uint(doc, 8, "evicted", 1) if 8 in doc else 0
+    return UplinkColumns(
+        vin=vin,
+        seq=seq,
+        base_time_ms=base_time_ms,
+        trigger=Trigger(trigger),
+        privacy=Privacy(privacy),
+        boot=boot,
+        evicted=evicted,
+        signal_ids=sids,
+        exps=exps,
+        t0s=t0s,
+        periods=periods,
+        counts=counts,
+        t_lasts=t_lasts,
+        n_samples=n_samples,
+        packed=packed,
     )
 
 

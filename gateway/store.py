@@ -4,10 +4,11 @@
 once; :class:`SqliteStore` (WAL journal, one writer) and
 :class:`~gateway.store_pg.PostgresStore` supply their dialect. :func:`open_store` opens
 either from a path or URL. The schema is versioned: ordered migrations in
-:data:`MIGRATIONS`, the applied ones recorded in ``schema_version``. Samples are kept one
-row per series (``series``: times and mantissas packed), the last-known state read from
-them. Writers on one database, in any number of processes, hold its one-writer lock per
-transaction, so a ``(vin, seq)`` is never accepted twice.
+:data:`MIGRATIONS`, the applied ones recorded in ``schema_version``. An accepted upload is
+one row, its samples packed in it (``payloads.series``); the last-known state is one row per
+vehicle (``vehicle_state``), merged as uploads arrive. Writers on one database, in any
+number of processes, hold its one-writer lock per transaction, so a ``(vin, seq)`` is never
+accepted twice.
 
 Every inbound message ends as exactly one of: an accepted payload (stored once, with its
 samples), a counted duplicate (same VIN, sequence number and bytes as a stored one), a
@@ -25,15 +26,16 @@ import enum
 import json
 import re
 import sqlite3
-import sys
+import struct
 import threading
 import time
 from abc import ABC, abstractmethod
-from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import repeat
+from operator import add, le, mul, truediv
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -41,7 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from can_dbc.catalog import Catalog, Scope, default_catalog
 from firmware_sim.errors import PayloadError
-from firmware_sim.payload import Privacy, Uplink, decode_uplink
+from firmware_sim.payload import Privacy, UplinkColumns, decode_uplink_columns, unpack_series
 from gateway.errors import StorageError
 
 __all__ = [
@@ -91,6 +93,14 @@ def rfc3339(ms: int | None) -> str | None:
         return None
     stamp = datetime.fromtimestamp(ms / 1000, tz=UTC)
     return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _moment(ms: int) -> str:
+    """``ms`` as RFC 3339, or as a number when no date holds it (beyond the year 9999)."""
+    try:
+        return str(rfc3339(ms))
+    except (ValueError, OverflowError, OSError):
+        return f"{ms} ms after the epoch"
 
 
 def _now_ms() -> int:
@@ -237,8 +247,9 @@ class PayloadRef:
 class Migration:
     """One step of the schema, applied in one transaction.
 
-    ``rebuild_series`` fills the ``series`` table from the stored payloads' bytes after the
-    statements ran (the step that replaced one row per sample by one row per series).
+    ``rebuild_series`` fills the payloads' packed samples and the vehicles' last state from
+    the stored payloads' bytes after the statements ran (the step that replaced one row per
+    sample by the samples packed in their payload's row).
     """
 
     version: int
@@ -340,26 +351,19 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         3,
-        "one row per series instead of one per sample; the last state read from them",
+        "samples packed in their payload's row; the last state one row per vehicle",
         (
-            # ``samples`` holds the ``n`` sample times (ms after ``base_ms``), then the ``n``
-            # values' mantissas, as little-endian signed 64-bit integers; a value is
-            # ``mantissa * 10**exp``. ``t_last``/``m_last`` are the series' last sample.
-            """CREATE TABLE series (
-                id INTEGER PRIMARY KEY,
-                vin TEXT NOT NULL,
-                seq INTEGER NOT NULL,
-                signal_id INTEGER NOT NULL,
-                exp INTEGER NOT NULL,
-                n INTEGER NOT NULL,
-                base_ms INTEGER NOT NULL,
-                t_first INTEGER NOT NULL,
-                t_last INTEGER NOT NULL,
-                m_last INTEGER NOT NULL,
-                samples BLOB NOT NULL
-            )""",
-            # SQLite's indexes end with the rowid (``id``) implicitly.
-            "CREATE INDEX series_by_signal ON series (vin, signal_id, t_last)",
+            # ``series``: the payload's series packed, as ``firmware_sim.payload`` packs
+            # them (``unpack_series`` reads them): their signal ids, exps, first and last
+            # times, counts and values (a value is ``mantissa * 10**exp``).
+            "ALTER TABLE payloads ADD COLUMN series BLOB NOT NULL DEFAULT x''",
+            # ``signals``: k signal ids, the k times of their latest samples (ms since the
+            # epoch) and the k sequence numbers of the payloads whose series end with them,
+            # as little-endian signed 64-bit integers.
+            """CREATE TABLE vehicle_state (
+                vin TEXT PRIMARY KEY,
+                signals BLOB NOT NULL
+            ) WITHOUT ROWID""",
             "DROP TABLE samples",
             "DROP TABLE last_state",
         ),
@@ -385,7 +389,7 @@ def _schema_tables(migrations: Sequence[Migration]) -> frozenset[str]:
 # The tables the migrations create: a database without all of them is not the gateway's.
 SCHEMA_TABLES = _schema_tables(MIGRATIONS)
 
-INT64_MAX = 2**63 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _parse_presence(raw: bytes) -> tuple[str | None, int | None]:
@@ -412,66 +416,84 @@ def _ids(signal_ids: Iterable[int]) -> str:
     return ("signal " if len(ids) == 1 else "signals ") + ", ".join(map(str, ids))
 
 
-def _out_of_int64(uplink: Uplink) -> str:
+def _out_of_int64(columns: UplinkColumns) -> str:
     """Why a decoded uplink does not fit signed 64-bit integers ("" when it does)."""
     for name in ("seq", "base_time_ms", "boot", "evicted"):
-        if getattr(uplink, name) > INT64_MAX:
-            return f"{name} {getattr(uplink, name)} exceeds 2**63-1"
-    for series in uplink.series:
-        if series.times and uplink.base_time_ms + series.times[-1] > INT64_MAX:
-            return f"signal {series.signal_id}: a sample time exceeds 2**63-1 ms"
-        if series.exp > 0 and series.mantissas:
-            biggest = max(-min(series.mantissas), *series.mantissas) * 10**series.exp
-            if biggest > INT64_MAX:
-                return f"signal {series.signal_id}: a value exceeds 64 bits"
+        if getattr(columns, name) > INT64_MAX:
+            return f"{name} {getattr(columns, name)} exceeds 2**63-1"
+    base, t_lasts, exps = columns.base_time_ms, columns.t_lasts, columns.exps
+    if not exps or (base + max(t_lasts) <= INT64_MAX and max(exps) <= 0):
+        return ""
+    for (sid, exp, _times, mantissas), t_last in zip(
+        unpack_series(columns.packed), t_lasts, strict=True
+    ):
+        if base + t_last > INT64_MAX:
+            return f"signal {sid}: a sample time exceeds 2**63-1 ms"
+        if exp > 0:
+            own = list(mantissas)
+            if max(-min(own), *own) * 10**exp > INT64_MAX:
+                return f"signal {sid}: a value exceeds 64 bits"
     return ""
 
 
-def _int64_blob(values: Sequence[int]) -> bytes:
-    """Integers as little-endian signed 64-bit words."""
-    packed = array("q", values)
-    if _BIG_ENDIAN:
-        packed.byteswap()
-    return packed.tobytes()
+class _State:
+    """The last-known state of one vehicle: per signal the time of its latest sample and the
+    sequence number of the payload whose series ends with it."""
+
+    __slots__ = ("seqs", "times")
+
+    def __init__(self, blob: bytes | None = None) -> None:
+        self.times: dict[int, int] = {}
+        self.seqs: dict[int, int] = {}
+        if blob:
+            k = len(blob) // 24
+            ints = struct.unpack(f"<{3 * k}q", blob)
+            sids = ints[:k]
+            self.times = dict(zip(sids, ints[k : 2 * k], strict=True))
+            self.seqs = dict(zip(sids, ints[2 * k :], strict=True))
+
+    def merge(self, seq: int, sids: Sequence[int], times: Sequence[int]) -> None:
+        """Take the series of payload ``seq``, arrived after everything merged so far, ending
+        at ``times``: a signal's state is the sample with the latest time, on a tie the later
+        arrival's."""
+        known = self.times
+        if all(map(le, map(known.get, sids, repeat(INT64_MIN)), times)):
+            known.update(zip(sids, times, strict=True))
+            self.seqs.update(zip(sids, repeat(seq)))
+            return
+        for sid, t in zip(sids, times, strict=True):
+            if t >= known.get(sid, INT64_MIN):
+                known[sid] = t
+                self.seqs[sid] = seq
+
+    def blob(self) -> bytes:
+        times = self.times
+        return struct.pack(f"<{3 * len(times)}q", *times, *times.values(), *self.seqs.values())
 
 
-def _int64s(blob: bytes) -> array[int]:
-    """The integers of :func:`_int64_blob`."""
-    packed = array("q")
-    packed.frombytes(blob)
-    if _BIG_ENDIAN:
-        packed.byteswap()
-    return packed
+def _last_samples(columns: UplinkColumns) -> tuple[int, Sequence[int], list[int]]:
+    """What :meth:`_State.merge` takes of an upload: where each series ends."""
+    times = list(map(add, columns.t_lasts, repeat(columns.base_time_ms)))
+    return columns.seq, columns.signal_ids, times
 
 
-_BIG_ENDIAN = sys.byteorder == "big"
+def _per_vehicle(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Consecutive accepted uploads' ``vehicles`` upserts as one per vehicle, to the same end.
 
-
-def _series_rows(uplink: Uplink, out: list[tuple[Any, ...]]) -> int:
-    """Append the ``series`` rows of an uplink to ``out``; its number of samples."""
-    vin, seq, base = uplink.vin, uplink.seq, uplink.base_time_ms
-    n_samples = 0
-    for s in uplink.series:
-        times = s.times
-        if not times:
+    A row is ``(vin, first_seen, last_seen, boot, seq, evicted)``; applied in turn, they keep
+    the earliest and latest times and the boot and evictions of the highest ``seq`` (a VIN's
+    accepted ``seq`` are distinct): so does the one row of each VIN this returns.
+    """
+    merged: dict[str, tuple[Any, ...]] = {}
+    for row in rows:
+        vin, first, last, _boot, seq, _evicted = row
+        earlier = merged.get(vin)
+        if earlier is None:
+            merged[vin] = row
             continue
-        n = len(times)
-        n_samples += n
-        out.append(
-            (
-                vin,
-                seq,
-                s.signal_id,
-                s.exp,
-                n,
-                base,
-                base + times[0],
-                base + times[-1],
-                s.mantissas[-1],
-                _int64_blob(times + s.mantissas),
-            )
-        )
-    return n_samples
+        newer = row if seq > earlier[4] else earlier
+        merged[vin] = (vin, min(first, earlier[1]), max(last, earlier[2]), *newer[3:])
+    return list(merged.values())
 
 
 def _time_of(sample: tuple[int, int, Value]) -> int:
@@ -494,11 +516,7 @@ def _stored_payload(r: Sequence[Any]) -> StoredPayload:
 # The columns the ingest writes, in the order of its rows.
 PAYLOAD_COLUMNS = (
     *("vin", "seq", "boot", "trigger", "privacy", "base_time_ms", "received_at_ms"),
-    *("n_samples", "evicted", "raw"),
-)
-SERIES_COLUMNS = (
-    *("vin", "seq", "signal_id", "exp", "n", "base_ms", "t_first", "t_last", "m_last"),
-    "samples",
+    *("n_samples", "evicted", "raw", "series"),
 )
 REJECTED_COLUMNS = ("received_at_ms", "topic", "vin", "reason", "detail", "raw")
 
@@ -511,7 +529,7 @@ class _Checked:
     reason: str = ""  # set: rejected with this reason
     detail: str = ""
     seq: int | None = None
-    uplink: Uplink | None = None
+    uplink: UplinkColumns | None = None
     presence: tuple[str | None, int | None] | None = None
 
 
@@ -521,7 +539,7 @@ class _Batch:
     def __init__(self) -> None:
         self.results: list[IngestResult] = []
         self.payloads: list[tuple[Any, ...]] = []
-        self.series: list[tuple[Any, ...]] = []
+        self.states: dict[str, list[tuple[Any, ...]]] = {}  # vin: last samples, by arrival
         self.rejected: list[tuple[Any, ...]] = []
         self.vehicles: list[tuple[str, tuple[Any, ...]]] = []  # (statement, parameters)
 
@@ -551,7 +569,6 @@ class Store(ABC):
         self._position_signals = frozenset(
             s.id for s in self._catalog.signals if s.scope is Scope.POSITION
         )
-        self._last_state_sql = self._last_state_query(sorted(self._known_signals))
         self._duplicate_sql = self._duplicate_statement()
         self._uplink_vehicle_sql = self._uplink_vehicle_statement()
         self._presence_sql = self._presence_statement()
@@ -670,15 +687,22 @@ class Store(ABC):
             )
 
     def _rebuild_series(self, tx: Any) -> None:
-        """Fill ``series`` from the accepted payloads' bytes, in arrival order."""
-        rows = self._tx_rows(tx, "SELECT raw FROM payloads ORDER BY id")
-        series: list[tuple[Any, ...]] = []
-        for (raw,) in rows:
-            _series_rows(decode_uplink(bytes(raw)), series)
-            if len(series) > 10_000:
-                self._tx_insert(tx, "series", SERIES_COLUMNS, series)
-                series.clear()
-        self._tx_insert(tx, "series", SERIES_COLUMNS, series)
+        """Pack the accepted payloads' samples from their bytes; merge the last states."""
+        p = self._P
+        update = f"UPDATE payloads SET n_samples = {p}, series = {p} WHERE id = {p}"
+        rows = self._tx_rows(tx, "SELECT id, vin, raw FROM payloads ORDER BY id")
+        packed: list[tuple[Any, ...]] = []
+        states: dict[str, list[tuple[Any, ...]]] = {}
+        for payload_id, vin, raw in rows:
+            columns = decode_uplink_columns(bytes(raw))
+            packed.append((columns.n_samples, columns.packed, payload_id))
+            states.setdefault(vin, []).append(_last_samples(columns))
+            if len(packed) >= 1000:
+                self._tx_many(tx, update, packed)
+                packed.clear()
+        if packed:
+            self._tx_many(tx, update, packed)
+        self._merge_states(tx, states)
 
     # -- ingest ----------------------------------------------------------------------------
 
@@ -744,14 +768,14 @@ class Store(ABC):
             except PayloadError as exc:
                 return _Checked(m, exc.reason, exc.detail)
         try:
-            uplink = decode_uplink(bytes(m.payload))
+            uplink = decode_uplink_columns(bytes(m.payload))
         except PayloadError as exc:
             return _Checked(m, exc.reason, exc.detail)
         if uplink.vin != m.vin:
             detail = f"payload VIN {uplink.vin!r} on a topic of {m.vin!r}"
             return _Checked(m, "vin_mismatch", detail)
         seq = uplink.seq
-        unknown = sorted({s.signal_id for s in uplink.series} - self._known_signals)
+        unknown = sorted(set(uplink.signal_ids) - self._known_signals)
         if unknown:
             return _Checked(m, "unknown_signal", f"signal ids {', '.join(map(str, unknown))}", seq)
         forbidden = self._privacy_violation(uplink)
@@ -762,11 +786,11 @@ class Store(ABC):
             return _Checked(m, "out_of_range", too_big, seq)
         return _Checked(m, seq=seq, uplink=uplink)
 
-    def _privacy_violation(self, uplink: Uplink) -> str:
+    def _privacy_violation(self, uplink: UplinkColumns) -> str:
         """What the payload carries that its own privacy setting forbids ("" when nothing)."""
         if uplink.privacy is Privacy.NONE:
             return ""
-        ids = {s.signal_id for s in uplink.series}
+        ids = set(uplink.signal_ids)
         if uplink.privacy is Privacy.FULL and ids:
             return f"privacy Full allows no data, the payload has {_ids(ids)}"
         located = ids & self._position_signals
@@ -775,7 +799,9 @@ class Store(ABC):
         return ""
 
     @staticmethod
-    def _conflict(uplink: Uplink, boot: int, base_time_ms: int, privacy: int) -> tuple[str, str]:
+    def _conflict(
+        uplink: UplinkColumns, boot: int, base_time_ms: int, privacy: int
+    ) -> tuple[str, str]:
         """``(reason, detail)`` for a payload whose sequence number is stored with other bytes.
 
         A box with its flash fixes an upload's bytes when it packs it and rewrites a queued
@@ -791,8 +817,8 @@ class Store(ABC):
             return "seq_conflict", f"sequence number {seq} already stored with other content"
         return "box_reset", (
             f"sequence number {seq} already stored from boot {boot} (base time"
-            f" {rfc3339(base_time_ms)}), this one is from boot {uplink.boot} (base time"
-            f" {rfc3339(uplink.base_time_ms)}): the box's flash was wiped or replaced"
+            f" {_moment(base_time_ms)}), this one is from boot {uplink.boot} (base time"
+            f" {_moment(uplink.base_time_ms)}): the box's flash was wiped or replaced"
         )
 
     def _stored(
@@ -856,8 +882,10 @@ class Store(ABC):
         batch.vehicles.append((self._presence_sql, params))
         batch.results.append(IngestResult(Outcome.PRESENCE, m.vin, detail=state or ""))
 
-    def _accept(self, batch: _Batch, m: Message, uplink: Uplink, raw: bytes) -> None:
-        n_samples = _series_rows(uplink, batch.series)
+    def _accept(self, batch: _Batch, m: Message, uplink: UplinkColumns, raw: bytes) -> None:
+        n_samples = uplink.n_samples
+        if n_samples:
+            batch.states.setdefault(uplink.vin, []).append(_last_samples(uplink))
         batch.payloads.append(
             (
                 uplink.vin,
@@ -870,6 +898,7 @@ class Store(ABC):
                 n_samples,
                 uplink.evicted,
                 raw,
+                uplink.packed,
             )
         )
         params = (uplink.vin, m.received_at_ms, m.received_at_ms, uplink.boot, uplink.seq)
@@ -889,7 +918,7 @@ class Store(ABC):
 
     def _write_batch(self, tx: Any, batch: _Batch) -> None:
         self._tx_insert(tx, "payloads", PAYLOAD_COLUMNS, batch.payloads)
-        self._tx_insert(tx, "series", SERIES_COLUMNS, batch.series)
+        self._merge_states(tx, batch.states)
         self._tx_insert(tx, "rejected", REJECTED_COLUMNS, batch.rejected)
         # The vehicles' rows change in message order: consecutive runs of one statement.
         start = 0
@@ -898,8 +927,36 @@ class Store(ABC):
             end = start + 1
             while end < len(ops) and ops[end][0] == ops[start][0]:
                 end += 1
-            self._tx_many(tx, ops[start][0], [params for _sql, params in ops[start:end]])
+            rows = [params for _sql, params in ops[start:end]]
+            if ops[start][0] is self._uplink_vehicle_sql:
+                rows = _per_vehicle(rows)
+            self._tx_many(tx, ops[start][0], rows)
             start = end
+
+    def _merge_states(self, tx: Any, updates: dict[str, list[tuple[Any, ...]]]) -> None:
+        """Merge uploads' last samples (by vehicle, in arrival order) into ``vehicle_state``."""
+        if not updates:
+            return
+        p = self._P
+        vins = sorted(updates)
+        stored: dict[str, bytes] = {}
+        for start in range(0, len(vins), 200):
+            chunk = vins[start : start + 200]
+            wanted = ", ".join([p] * len(chunk))
+            sql = f"SELECT vin, signals FROM vehicle_state WHERE vin IN ({wanted})"
+            stored.update((str(vin), bytes(blob)) for vin, blob in self._tx_rows(tx, sql, chunk))
+        rows = []
+        for vin in vins:
+            state = _State(stored.get(vin))
+            for last in updates[vin]:
+                state.merge(*last)
+            rows.append((vin, state.blob()))
+        self._tx_many(
+            tx,
+            f"INSERT INTO vehicle_state (vin, signals) VALUES ({p}, {p})"
+            " ON CONFLICT (vin) DO UPDATE SET signals = excluded.signals",
+            rows,
+        )
 
     def _duplicate_statement(self) -> str:
         p = self._P
@@ -949,50 +1006,55 @@ class Store(ABC):
 
     def sample_count(self, vin: str | None = None) -> int:
         """Stored samples (of one vehicle, or of all)."""
-        return self._count("SELECT COALESCE(SUM(n), 0) FROM series", vin)
+        return self._count("SELECT COALESCE(SUM(n_samples), 0) FROM payloads", vin)
 
     def samples(self, vin: str, signal_id: int | None = None) -> list[tuple[int, int, Value]]:
         """``(signal_id, t_ms, value)`` of one vehicle, by signal then time (then arrival)."""
-        p = self._P
-        sql = f"SELECT signal_id, exp, base_ms, n, samples FROM series WHERE vin = {p}"
-        params: list[Any] = [vin]
-        if signal_id is not None:
-            sql += f" AND signal_id = {p}"
-            params.append(signal_id)
-        out: list[tuple[int, int, Value]] = []
-        by_signal: list[tuple[int, int, Value]] = []
-        current = None
-        rows = self._query(sql + " ORDER BY signal_id, id", params)
-        for row in rows:
-            sid, exp, base = int(row[0]), int(row[1]), int(row[2])
-            if sid != current:
-                by_signal.sort(key=_time_of)  # stable: samples of one time stay in arrival order
-                out.extend(by_signal)
-                by_signal, current = [], sid
-            n, packed = int(row[3]), _int64s(bytes(row[4]))
-            by_signal.extend(
-                (sid, base + t, sample_value(m, exp))
-                for t, m in zip(packed[:n], packed[n:], strict=True)
-            )
-        by_signal.sort(key=_time_of)
-        out.extend(by_signal)
-        return out
-
-    def _last_state_query(self, signal_ids: Sequence[int]) -> str:
-        # One index seek per catalog signal: the series that ends last (the later arrival on a
-        # tie) holds the signal's latest sample as its last one.
-        p = self._P
-        one = (
-            f"SELECT * FROM (SELECT signal_id, t_last, m_last, exp FROM series WHERE vin = {p}"
-            f" AND signal_id = {p} ORDER BY t_last DESC, id DESC LIMIT 1) AS s{{}}"
+        rows = self._query(
+            "SELECT base_time_ms, series FROM payloads"
+            f" WHERE vin = {self._P} AND n_samples > 0 ORDER BY id",
+            (vin,),
         )
-        return " UNION ALL ".join(one.format(i) for i in range(len(signal_ids)))
+        by_signal: dict[int, list[tuple[int, int, Value]]] = {}
+        for base, packed in rows:
+            for sid, exp, times, mantissas in unpack_series(bytes(packed), signal_id):
+                values: Iterable[Value]
+                if exp >= 0:
+                    values = map(mul, mantissas, repeat(10**exp))
+                else:
+                    # One correctly rounded division each, as :func:`sample_value`.
+                    values = map(truediv, mantissas, repeat(10**-exp))
+                found = by_signal.setdefault(sid, [])
+                found += zip(repeat(sid), map(add, times, repeat(int(base))), values)
+        out: list[tuple[int, int, Value]] = []
+        for sid in sorted(by_signal):
+            found = by_signal[sid]
+            found.sort(key=_time_of)  # stable: samples of one time stay in arrival order
+            out += found
+        return out
 
     def last_state(self, vin: str) -> dict[int, tuple[int, Value]]:
         """The latest ``(t_ms, value)`` of each signal of one vehicle."""
-        ids = sorted(self._known_signals)
-        rows = self._query(self._last_state_sql, [x for sid in ids for x in (vin, sid)])
-        return {int(r[0]): (int(r[1]), sample_value(int(r[2]), int(r[3]))) for r in rows}
+        p = self._P
+        rows = self._query(f"SELECT signals FROM vehicle_state WHERE vin = {p}", (vin,))
+        if not rows:
+            return {}
+        state = _State(bytes(rows[0][0]))
+        known = self._known_signals
+        wanted = {sid: seq for sid, seq in state.seqs.items() if sid in known}
+        seqs = sorted(set(wanted.values()))
+        last: dict[tuple[int, int], Value] = {}  # (seq, signal id): the series' last value
+        for start in range(0, len(seqs), 200):
+            chunk = seqs[start : start + 200]
+            for seq, packed in self._query(
+                f"SELECT seq, series FROM payloads WHERE vin = {p}"
+                f" AND seq IN ({', '.join([p] * len(chunk))})",
+                [vin, *chunk],
+            ):
+                for sid, exp, _times, mantissas in unpack_series(bytes(packed)):
+                    *_, mantissa = mantissas
+                    last[(int(seq), sid)] = sample_value(mantissa, exp)
+        return {sid: (state.times[sid], last[(wanted[sid], sid)]) for sid in sorted(wanted)}
 
     def payloads(self, vin: str) -> list[StoredPayload]:
         """Every accepted payload of one vehicle, by sequence number."""

@@ -30,6 +30,12 @@ __all__ = ["PG_MIGRATIONS", "PostgresStore", "redact_url"]
 # The key of the advisory lock writers and migrations take ("tcusim" in ASCII).
 _LOCK_KEY = 0x746375_73696D
 
+# The types of the columns the ingest copies in (the others are BIGINT).
+_COPY_TYPES = {
+    **dict.fromkeys(("vin", "topic", "reason", "detail"), "text"),
+    **dict.fromkeys(("raw", "series"), "bytea"),
+}
+
 PG_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -130,20 +136,15 @@ PG_MIGRATIONS: tuple[Migration, ...] = (
         3,
         MIGRATIONS[2].description,
         (
-            """CREATE TABLE series (
-                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                vin TEXT NOT NULL,
-                seq BIGINT NOT NULL,
-                signal_id BIGINT NOT NULL,
-                exp BIGINT NOT NULL,
-                n BIGINT NOT NULL,
-                base_ms BIGINT NOT NULL,
-                t_first BIGINT NOT NULL,
-                t_last BIGINT NOT NULL,
-                m_last BIGINT NOT NULL,
-                samples BYTEA NOT NULL
+            # ``series`` and ``vehicle_state`` as in SQLite (see ``MIGRATIONS``).
+            "ALTER TABLE payloads ADD COLUMN series BYTEA NOT NULL DEFAULT ''",
+            # Kept out of line, uncompressed: compressing it costs the server more than the
+            # rest of the ingest.
+            "ALTER TABLE payloads ALTER COLUMN series SET STORAGE EXTERNAL",
+            """CREATE TABLE vehicle_state (
+                vin TEXT PRIMARY KEY,
+                signals BYTEA NOT NULL
             )""",
-            "CREATE INDEX series_by_signal ON series (vin, signal_id, t_last, id)",
             "DROP TABLE samples",
             "DROP TABLE last_state",
         ),
@@ -262,13 +263,32 @@ class PostgresStore(Store):
         columns: Sequence[str],
         rows: Sequence[Sequence[Any]],
     ) -> None:
-        # COPY: one stream for the whole batch rather than a statement per row.
+        # COPY: one stream for the whole batch rather than a statement per row; binary, so
+        # that bytes go as they are rather than escaped.
         if not rows:
             return
-        statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+        statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
         with tx.cursor() as cursor, cursor.copy(statement) as copy:
+            copy.set_types([_COPY_TYPES.get(column, "int8") for column in columns])
             for row in rows:
                 copy.write_row(row)
+
+    def _stored(
+        self, tx: psycopg.Connection[Any], keys: set[tuple[str, int]]
+    ) -> dict[tuple[str, int], tuple[Any, ...]]:
+        # One statement whatever the number of keys: two arrays joined to the (vin, seq) index.
+        vins, seqs = zip(*sorted(keys), strict=True)
+        rows = self._tx_rows(
+            tx,
+            "SELECT p.vin, p.seq, p.raw, p.boot, p.base_time_ms, p.privacy FROM payloads AS p"
+            " JOIN unnest(%s::text[], %s::bigint[]) AS k (vin, seq)"
+            " ON p.vin = k.vin AND p.seq = k.seq",
+            (list(vins), list(seqs)),
+        )
+        return {
+            (vin, int(seq)): (bytes(raw), int(boot), int(base), int(privacy))
+            for vin, seq, raw, boot, base, privacy in rows
+        }
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:

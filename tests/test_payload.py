@@ -25,8 +25,10 @@ from firmware_sim.payload import (
     _check_series,
     _decode_series,
     decode_uplink,
+    decode_uplink_columns,
     encode_uplink,
     quantize,
+    unpack_series,
     uplink_to_json,
 )
 
@@ -516,3 +518,120 @@ def test_uplink_to_json() -> None:
     assert speed["name"] == "Vehicle.Speed" and speed["unit"] == "km/h"
     assert speed["samples"] == [[0, 0.0], [1000, 1.2], [2000, 3.0], [3000, 3.1]]
     assert "name" not in uplink_to_json(example())["series"][0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The columnar decoder: what decode_uplink decodes, or the same refusal
+
+
+def either(data: object) -> object:
+    """What ``decode_uplink`` makes of ``data``: the uplink, or ``(reason, detail)``."""
+    try:
+        return decode_uplink(data)  # type: ignore[arg-type]
+    except PayloadError as exc:
+        return (exc.reason, exc.detail)
+
+
+def either_columns(data: object) -> object:
+    """The same of ``decode_uplink_columns``, its columns checked against its series."""
+    try:
+        columns = decode_uplink_columns(data)  # type: ignore[arg-type]
+    except PayloadError as exc:
+        return (exc.reason, exc.detail)
+    u = columns.uplink()
+    assert columns.signal_ids == tuple(s.signal_id for s in u.series)
+    assert columns.exps == tuple(s.exp for s in u.series)
+    assert columns.counts == tuple(len(s.times) for s in u.series)
+    assert columns.t0s == tuple(s.times[0] for s in u.series)
+    assert columns.t_lasts == tuple(s.times[-1] for s in u.series)
+    assert columns.n_samples == sum(columns.counts)
+    for s, period in zip(u.series, columns.periods, strict=True):
+        assert period == 0 or s.times == tuple(range(s.times[0], s.times[-1] + 1, period))
+    for s in u.series:  # one signal at a time, as a reader of one signal does
+        ((sid, exp, times, mantissas),) = unpack_series(columns.packed, s.signal_id)
+        assert (sid, exp, tuple(times), tuple(mantissas)) == (
+            s.signal_id,
+            s.exp,
+            s.times,
+            s.mantissas,
+        )
+    assert list(unpack_series(columns.packed, 0)) == []
+    return u
+
+
+@given(uplinks())
+def test_columns_round_trip(u: Uplink) -> None:
+    assert either_columns(encode_uplink(u)) == u
+
+
+@given(uplinks(), st.data())
+def test_columns_agree_on_mutated_documents(u: Uplink, data: st.DataObject) -> None:
+    doc = doc_of(u)
+    parents: list[tuple[Any, Any]] = [(doc, k) for k in doc]
+    for series in doc[6]:
+        parents += [(series, i) for i in range(len(series))]
+        parents += [(series[4], i) for i in range(len(series[4]))]
+        if len(series) == 6:
+            parents += [(series[5], i) for i in range(len(series[5]))]
+    for _ in range(data.draw(st.integers(1, 2))):
+        parent, key = data.draw(st.sampled_from(parents))
+        if key in (parent if isinstance(parent, dict) else range(len(parent))):
+            parent[key] = data.draw(cbor_values | int64 | st.sampled_from([True, 2**32, 0]))
+    payload = cbor2.dumps(doc)
+    assert either_columns(payload) == either(payload)
+
+
+@given(cbor_values)
+def test_columns_agree_on_arbitrary_cbor(value: object) -> None:
+    payload = cbor2.dumps(value)
+    assert either_columns(payload) == either(payload)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(uplinks(), st.data())
+def test_columns_agree_on_corrupted_payloads(u: Uplink, data: st.DataObject) -> None:
+    payload = bytearray(encode_uplink(u))
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(0, len(payload) - 1))
+        payload[i] = data.draw(st.integers(0, 255))
+    corrupted = bytes(payload[: data.draw(st.integers(1, len(payload)))])
+    assert either_columns(corrupted) == either(corrupted)
+
+
+@pytest.mark.parametrize("data", [r[1] for r in REFUSALS], ids=[r[0] for r in REFUSALS])
+def test_columns_refuse_the_same(data: bytes) -> None:
+    assert either_columns(data) == either(data)
+
+
+def series_payload(*series: list[Any]) -> bytes:
+    return payload_with({6: list(series)})
+
+
+@pytest.mark.parametrize(
+    "series",
+    [
+        [[1, 0, 0, 1, [2**31, 2**31, -(2**32)]]],  # values beyond 32 bits: 64-bit mantissas
+        [[1, 0, 0, 1, [INT64_MAX, -(2**64) + 1]]],  # a difference beyond 64 bits
+        [[1, 0, 0, 1, [INT64_MAX, 1]]],  # a mantissa beyond 64 bits
+        [[1, 0, 0, 1, [1, True]]],  # a boolean among the values
+        [[1, True, 0, 1, [1]]],  # a boolean exp
+        [[1, 0, 0, 1, [1, 1.0]]],  # a float
+        [[1, 0, 0, 1, [1, "1"]]],  # a text
+        [[1, 0, 0, 1, [1, [1]]]],  # an array
+        [[70_000, 0, 0, 1, [1]]],  # a signal id beyond 16 bits
+        [[1, 0, 0, 2**64 - 1, [5]]],  # a period beyond 64 signed bits, one sample
+        [[1, 0, INT64_MIN, 2**64 - 1, [5, 6]]],  # two samples, from the first to the last ms
+        [[1, 0, INT64_MIN, 2**64 - 1, [5, 6, 7]]],  # three: beyond
+        [[1, 0, 10, 0, [1, 2, 3], [0, 5]], [2, 0, 0, 7, [4]], [3, 0, 1, 0, [1, 1], [9]]],
+        [[1, 0, 10, 0, [1, 2, 3], [0, -5]]],  # times going back
+        [[1, 0, 10, 3, [1, 2, 3], [0, 5]]],  # gaps with a period
+        [[1, 0, 0, [1], [1]]],  # an array for the period
+        [[1, 0, [0], 2, [1, 2]]],  # an array for the first time
+        [[1, 0, "0", 2, [1, 2]]],  # a text for the first time
+        [[1, 0, 0.5, 2, [1, 2]]],  # a float for the first time
+        [[1, 0, 0, 1, [1]], [1, 0, 0, 1, [2]]],  # one signal twice
+    ],
+)
+def test_columns_agree_at_the_edges(series: list[Any]) -> None:
+    payload = series_payload(*series)
+    assert either_columns(payload) == either(payload)

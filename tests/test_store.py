@@ -137,8 +137,9 @@ def test_migrations_from_empty_reach_the_latest_version(tmp_path: Path) -> None:
     versions = [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY 1")]
     mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     conn.close()
-    assert {"payloads", "series", "vehicles", "rejected", "records", "deliveries"} <= tables
-    assert not {"samples", "last_state"} & tables  # replaced by ``series`` in version 3
+    assert {"payloads", "vehicle_state", "vehicles", "rejected", "records", "deliveries"} <= tables
+    # Version 3 packs the samples into ``payloads`` and keeps the last state per vehicle.
+    assert not {"samples", "last_state"} & tables
     assert versions == [m.version for m in MIGRATIONS]
     assert mode == "wal"
 
@@ -254,12 +255,12 @@ def test_read_only_refuses_other_schema_versions(tmp_path: Path) -> None:
         SqliteStore(empty, read_only=True)
     SqliteStore(partial).close()
     conn = sqlite3.connect(partial)
-    conn.execute("DROP TABLE series")
+    conn.execute("DROP TABLE vehicle_state")
     conn.commit()
     conn.close()
-    with pytest.raises(StorageError, match="no series"):
+    with pytest.raises(StorageError, match="no vehicle_state"):
         SqliteStore(partial, read_only=True)
-    assert {"vehicles", "payloads", "series", "rejected", "schema_version"} <= SCHEMA_TABLES
+    assert {"vehicles", "payloads", "vehicle_state", "rejected", "schema_version"} <= SCHEMA_TABLES
 
 
 def test_a_file_that_is_not_a_database_is_refused_read_only(tmp_path: Path) -> None:
@@ -325,6 +326,27 @@ def test_last_state_is_not_overwritten_by_older_samples(store: Store) -> None:
     store.ingest(VINS[0], uplink(seq=1, series=(Series(1, -1, (0,), (100,)),)), 2)
     assert store.last_state(VINS[0]) == {1: (BASE + 60_000, 90.0)}
     assert store.sample_count(VINS[0]) == 2
+
+
+def test_last_state_takes_the_later_arrival_on_a_tie_and_irregular_times(store: Store) -> None:
+    first = (Series(1, -1, (0, 500, 900), (10, 20, 30)), Series(5, 0, (0, 7, 7), (1, 2, 3)))
+    store.ingest(VINS[0], uplink(seq=1, series=first), 1)
+    store.ingest(VINS[0], uplink(seq=0, series=(Series(1, -1, (900,), (40,)),)), 2)
+    assert store.last_state(VINS[0]) == {1: (BASE + 900, 4.0), 5: (BASE + 7, 3)}
+    assert store.samples(VINS[0], 5) == [(5, BASE, 1), (5, BASE + 7, 2), (5, BASE + 7, 3)]
+    assert store.samples(VINS[0], 1) == [
+        (1, BASE, 1.0),
+        (1, BASE + 500, 2.0),
+        (1, BASE + 900, 3.0),
+        (1, BASE + 900, 4.0),  # the same time: the later arrival after the earlier
+    ]
+
+
+def test_a_reset_beyond_the_year_9999_is_a_box_reset(store: Store) -> None:
+    store.ingest(VINS[0], uplink(seq=0, series=(), boot=1), 1)
+    result = store.ingest(VINS[0], uplink(seq=0, series=(), boot=1, base=2**56 + BASE), 2)
+    assert (result.outcome, result.reason) == (Outcome.REJECTED, "box_reset")
+    assert f"{2**56 + BASE} ms after the epoch" in result.detail
 
 
 def test_duplicate_is_counted_not_stored(store: Store) -> None:
