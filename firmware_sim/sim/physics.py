@@ -18,6 +18,16 @@ Charging (electric and hybrid cars): :meth:`~VehicleState.plug_in`,
 started and the ignition is off, at the charger's power (kW) divided by the capacity (kWh).
 ``ChargingState``: Disconnected (0) without a cable; Stopped (3) plugged in but not charging;
 InProgress (1) while charging; Finished (4) once full. A plugged-in car does not drive away.
+
+Preconditioning (:meth:`~VehicleState.start_preconditioning`,
+:meth:`~VehicleState.stop_preconditioning`, or the state signal set directly): while
+``Preconditioning.State`` is Enabled (1) the cabin moves toward the target temperature, as
+with the car switched on, and the HVAC draws power: from the charger when plugged in, else from
+the traction battery (electric and hybrid cars, whose DC-DC converter then holds the 12 V
+battery at 13.6 V) or from the 12 V battery (a fuel car's heater, whose state of charge then
+falls). It ends Finished (2) after :data:`PRECOND_MAX_S` or when the ignition comes on, and
+Failure (3) when the battery it draws falls below :data:`PRECOND_STOP_SOC` /
+:data:`LV_LOW_SOC`. The 12 V battery is recharged while the car is on or charging.
 """
 
 from __future__ import annotations
@@ -31,7 +41,16 @@ from dataclasses import dataclass
 
 from firmware_sim.sim.drive import IGNITION, Drive
 
-__all__ = ["Consumption", "Energy", "VehicleState"]
+__all__ = [
+    "LV_LOW_SOC",
+    "PRECOND_DEFAULT_C",
+    "PRECOND_MAX_S",
+    "PRECOND_MIN_SOC",
+    "PRECOND_STOP_SOC",
+    "Consumption",
+    "Energy",
+    "VehicleState",
+]
 
 
 class Energy(enum.Enum):
@@ -69,6 +88,8 @@ ALERT_PREFIX = "Vehicle.Alert."
 
 # ChargingState values (catalog enum).
 DISCONNECTED, IN_PROGRESS, FAILURE, STOPPED, FINISHED = 0, 1, 2, 3, 4
+# Preconditioning.State values (catalog enum).
+PRECOND_DISABLED, PRECOND_ENABLED, PRECOND_FINISHED, PRECOND_FAILURE = 0, 1, 2, 3
 
 # Signals that only exist on a car with a combustion engine, or with a traction battery.
 COMBUSTION_ONLY = frozenset(
@@ -98,6 +119,24 @@ _BRAKE_LIMIT = 6.0 * 3.6  # km/h per second, braking
 _CRASH_DECEL = 30.0 * 3.6  # km/h per second: about 3 g, 90 km/h to a stop in under a second
 _LV_REST_V, _LV_WEAK_V, _LV_CHARGING_V, _LV_DCDC_V = 12.6, 11.6, 14.2, 13.6
 _LV_REST_SOC, _LV_WEAK_SOC = 86.0, 32.0
+_LV_KWH = 0.84  # the 12 V battery: 70 Ah
+_LV_RECHARGE_PCT_PER_S = 20.0 / 3600  # recharged by the alternator or DC-DC converter
+
+#: The cabin temperature preconditioning aims at unless told otherwise (degC).
+PRECOND_DEFAULT_C = 21.0
+#: Preconditioning ends (Finished) after this long.
+PRECOND_MAX_S = 1800.0
+#: Below this traction battery charge (%) preconditioning does not start ...
+PRECOND_MIN_SOC = 20.0
+#: ... and below this one it stops (Failure).
+PRECOND_STOP_SOC = 15.0
+#: Below this 12 V state of charge (%) the 12 V battery is low: preconditioning neither starts
+#: nor goes on drawing it.
+LV_LOW_SOC = 40.0
+# HVAC power while preconditioning from the traction battery: a base plus a part per degree
+# between cabin and target, capped (kW); a fuel car's heater draws the 12 V battery (kW).
+_PRECOND_BASE_KW, _PRECOND_KW_PER_C, _PRECOND_MAX_KW = 1.0, 0.3, 5.0
+_PRECOND_LV_KW = 0.12
 
 
 @dataclass(frozen=True)
@@ -179,6 +218,7 @@ class VehicleState:
         }.get(energy)
         self.hybrid_reserve_pct = 15.0
         self.charger_kw = 0.0  # the power of the charger plugged in (0: none)
+        self.precond_target_c = PRECOND_DEFAULT_C
         self.values: dict[str, float | int] = {
             SPEED: 0.0,
             ODOMETER: odometer_km,
@@ -235,6 +275,7 @@ class VehicleState:
         self.fuel_used_l = 0.0  # totals since the car was made, for checks
         self.energy_used_kwh = 0.0
         self.energy_charged_kwh = 0.0
+        self.hvac_used_kwh = 0.0  # preconditioning, from whichever battery
         self._speed = 0.0  # km/h, unrounded
         self._charge_requested = False
         self._crashed = False
@@ -247,6 +288,8 @@ class VehicleState:
         self._drivable = True  # energy left and no cable: kept by the slow update
         self._engine_mode = self.fuel_use is not None  # the engine drives when switched on
         self._days_s = 0.0  # time towards the next day of DaysToService
+        self._lv_drawn_pct = 0.0  # 12 V charge drawn and not yet recharged
+        self._precond_s = 0.0  # how long the current preconditioning has run
         self._refresh()
 
     # -- queries --------------------------------------------------------------------------
@@ -274,6 +317,21 @@ class VehicleState:
     def crashed(self) -> bool:
         """Whether the car has crashed (it does not drive on)."""
         return self._crashed
+
+    @property
+    def moving(self) -> bool:
+        """Whether the car is moving."""
+        return float(self.values[SPEED]) > 0
+
+    @property
+    def preconditioning(self) -> bool:
+        """Whether preconditioning runs now."""
+        return self.values[PRECONDITIONING] == PRECOND_ENABLED
+
+    @property
+    def lv_low(self) -> bool:
+        """Whether the 12 V battery is too low to power comfort functions."""
+        return float(self.values[LV_SOC]) < LV_LOW_SOC
 
     @property
     def fuel_l(self) -> float:
@@ -346,6 +404,21 @@ class VehicleState:
         """Stop charging (the cable stays connected: ChargingState Stopped)."""
         self._need_battery("stop charging")
         self._charge_requested = False
+        self._refresh()
+
+    def start_preconditioning(self, target_c: float = PRECOND_DEFAULT_C) -> None:
+        """Start preconditioning the cabin toward ``target_c`` (a new target if it runs)."""
+        if not (math.isfinite(target_c) and -40 < target_c < 85):
+            raise ValueError(f"cabin target {target_c!r} degC is not a cabin temperature")
+        self.precond_target_c = float(target_c)
+        if not self.preconditioning:
+            self._precond_s = 0.0
+        self.values[PRECONDITIONING] = PRECOND_ENABLED
+        self._refresh()
+
+    def stop_preconditioning(self) -> None:
+        """Stop preconditioning (state Disabled)."""
+        self.values[PRECONDITIONING] = PRECOND_DISABLED
         self._refresh()
 
     def set_low_battery(self) -> None:
@@ -464,22 +537,69 @@ class VehicleState:
                 v[SERVICE_DAYS] = int(v[SERVICE_DAYS]) - int(self._days_s // 86_400)
                 self._days_s %= 86_400
             self._update_temperatures(dt_s, running)
+        if v[PRECONDITIONING] == PRECOND_ENABLED:
+            self._update_preconditioning(dt_s, running)
+        else:
+            self._precond_s = 0.0
         if self.battery_kwh:
             self._update_charging(dt_s, running)
         if self.tank_l:
             v[LOW_FUEL] = 1 if self._manual_low_fuel or self._fuel_low() else 0
-        if running:
-            v[LV_VOLTAGE] = _LV_CHARGING_V
-        elif self.charging:
-            v[LV_VOLTAGE] = _LV_DCDC_V
-        else:
-            v[LV_VOLTAGE] = _LV_WEAK_V if self._lv_weak else _LV_REST_V
-        v[LV_SOC] = _LV_WEAK_SOC if self._lv_weak else _LV_REST_SOC
+        self._update_low_voltage(dt_s, running)
         self._update_range()
         electric = self._on_electricity()
         self._engine_mode = self.fuel_use is not None and not electric
         left = float(v[SOC]) if electric else float(v.get(FUEL, 0.0))
         self._drivable = left > 0 and self.charger_kw <= 0
+
+    def _update_low_voltage(self, dt_s: float, running: bool) -> None:
+        v = self.values
+        dcdc = self.charging or (self.battery_kwh > 0 and self.preconditioning)
+        if self._lv_drawn_pct and (running or dcdc):
+            self._lv_drawn_pct = max(0.0, self._lv_drawn_pct - _LV_RECHARGE_PCT_PER_S * dt_s)
+        full = _LV_WEAK_SOC if self._lv_weak else _LV_REST_SOC
+        soc = max(0.0, full - self._lv_drawn_pct)
+        if running:
+            v[LV_VOLTAGE] = _LV_CHARGING_V
+        elif dcdc:
+            v[LV_VOLTAGE] = _LV_DCDC_V
+        elif not self._lv_drawn_pct:
+            v[LV_VOLTAGE] = _LV_WEAK_V if self._lv_weak else _LV_REST_V
+        else:  # resting voltage follows the charge: 11.6 V at 32 %, 12.6 V at 86 %
+            slope = (_LV_REST_V - _LV_WEAK_V) / (_LV_REST_SOC - _LV_WEAK_SOC)
+            v[LV_VOLTAGE] = round(_LV_WEAK_V + (soc - _LV_WEAK_SOC) * slope, 2)
+        v[LV_SOC] = round(soc, 2) if self._lv_drawn_pct else full
+
+    def _update_preconditioning(self, dt_s: float, running: bool) -> None:
+        """Preconditioning over ``dt_s``: its energy, and whether it ends."""
+        v = self.values
+        if running:
+            v[PRECONDITIONING] = PRECOND_FINISHED  # the driver is in: the HVAC takes over
+            return
+        self._precond_s += dt_s
+        if self.plugged_in:
+            pass  # the charger powers the HVAC
+        elif self.battery_kwh:
+            delta = abs(self.precond_target_c - float(v[CABIN]))
+            kw = min(_PRECOND_MAX_KW, _PRECOND_BASE_KW + _PRECOND_KW_PER_C * delta)
+            kwh = min(kw * dt_s / 3600, self.battery_energy_kwh)
+            self.hvac_used_kwh += kwh
+            v[SOC] = max(0.0, float(v[SOC]) - kwh / self.battery_kwh * 100)
+        else:
+            kwh = _PRECOND_LV_KW * dt_s / 3600
+            self.hvac_used_kwh += kwh
+            self._lv_drawn_pct += kwh / _LV_KWH * 100
+        if self.battery_kwh:
+            drained = not self.plugged_in and float(v[SOC]) < PRECOND_STOP_SOC
+        else:
+            drained = self._lv_soc() < LV_LOW_SOC
+        if drained:
+            v[PRECONDITIONING] = PRECOND_FAILURE
+        elif self._precond_s >= PRECOND_MAX_S:
+            v[PRECONDITIONING] = PRECOND_FINISHED
+
+    def _lv_soc(self) -> float:
+        return (_LV_WEAK_SOC if self._lv_weak else _LV_REST_SOC) - self._lv_drawn_pct
 
     def _update_temperatures(self, dt_s: float, running: bool) -> None:
         v = self.values
@@ -490,9 +610,13 @@ class VehicleState:
             v[COOLANT] = coolant + (warm - coolant) * min(1.0, dt_s / 240)
             oil = float(v[OIL])
             v[OIL] = oil + (warm + 5 - oil) * min(1.0, dt_s / 420)
-        comfort = running or v[PRECONDITIONING] == 1
         cabin = float(v[CABIN])
-        goal, tau = (21.0, 600.0) if comfort else (outside + 2.0, 1800.0)
+        if v[PRECONDITIONING] == PRECOND_ENABLED and not running:
+            goal, tau = self.precond_target_c, 600.0
+        elif running:
+            goal, tau = PRECOND_DEFAULT_C, 600.0
+        else:
+            goal, tau = outside + 2.0, 1800.0
         v[CABIN] = round(cabin + (goal - cabin) * min(1.0, dt_s / tau), 2)
 
     def _update_charging(self, dt_s: float, running: bool) -> None:

@@ -25,6 +25,11 @@ plain queue per receiver and no copy, and the timestamps the sender gave. The ca
 frames of one tick on it at once. ``bus_load`` adds frames of ids the network does not use,
 up to a fraction of a 500 kbit/s bus, as the other ECUs of a real car would.
 :class:`SimSerial` is the in-process serial line for the GNSS receiver's NMEA.
+
+The car also listens: on a network with the remote command frames, every tick it reads the
+frames on its bus and gives the ``TCU_CmdRequest`` ones to its body controller
+(:attr:`SimVehicle.body`, :class:`~firmware_sim.sim.commands.BodyController`), whose state
+the ``BSI_CmdFeedback`` frame carries; a change of it is sent at once, besides every cycle.
 """
 
 from __future__ import annotations
@@ -49,9 +54,11 @@ from cantools.database.can import Message, Signal
 from can_dbc.catalog import SignalType
 from can_dbc.encoder import FrameEncoder, signal_limits
 from can_dbc.mapping import MappedSignal, SignalMapping
+from can_dbc.network import COMMAND_FEEDBACK, COMMAND_REQUEST, CommandAction
 from firmware_sim.clock import Scheduler
 from firmware_sim.gnss import GnssSource
 from firmware_sim.nmea import Fix
+from firmware_sim.sim.commands import BodyController
 from firmware_sim.sim.drive import Drive
 from firmware_sim.sim.physics import VehicleState
 
@@ -59,6 +66,7 @@ __all__ = [
     "BITRATE",
     "CHECKSUMS",
     "Ecu",
+    "FeedbackEcu",
     "FrameCodec",
     "SimBus",
     "SimSerial",
@@ -602,8 +610,24 @@ class Ecu:
         return self.last_data
 
 
+@dataclass
+class FeedbackEcu(Ecu):
+    """The command feedback message: its bytes are the body controller's."""
+
+    body: BodyController | None = None
+
+    def data(self, values: Mapping[str, Number]) -> bytes:
+        """The feedback frame's bytes now."""
+        assert self.body is not None
+        return self.body.feedback_data
+
+
 class SimVehicle:
-    """A car on a CAN bus, following a drive."""
+    """A car on a CAN bus, following a drive.
+
+    ``command_delays_ms`` sets the body controller's actuation delays (an int for every
+    action, or per action); :attr:`body` is ``None`` on a network without the command frames.
+    """
 
     def __init__(
         self,
@@ -617,6 +641,7 @@ class SimVehicle:
         tick_ms: int | None = None,
         bus_load: float = 0.0,
         seed: int = 0,
+        command_delays_ms: int | Mapping[CommandAction, int] | None = None,
     ) -> None:
         self.mapping = mapping
         self.state = state
@@ -625,6 +650,10 @@ class SimVehicle:
         self.scheduler = scheduler
         self.gnss = gnss
         self.encoder = FrameEncoder(mapping.database, mapping)
+        self.body = self._body_controller()
+        if self.body is not None and command_delays_ms is not None:
+            self.body.set_delays(command_delays_ms)
+        self.frames_received = 0  # frames read from the bus (every id)
         self.ecus = self._ecus()
         self.tick_ms = tick_ms or reduce(math.gcd, (e.cycle_ms for e in self.ecus))
         self.after_tick: list[Callable[[int], None]] = []
@@ -648,6 +677,18 @@ class SimVehicle:
 
     # -- the network ----------------------------------------------------------------------
 
+    def _body_controller(self) -> BodyController | None:
+        database = self.mapping.database
+        names = {m.name for m in database.messages}
+        if COMMAND_REQUEST not in names or COMMAND_FEEDBACK not in names:
+            return None
+        return BodyController(
+            self.state,
+            self.scheduler,
+            database.get_message_by_name(COMMAND_REQUEST),
+            database.get_message_by_name(COMMAND_FEEDBACK),
+        )
+
     def _ecus(self) -> list[Ecu]:
         database = self.mapping.database
         carried: dict[str, list[str]] = {}
@@ -663,8 +704,11 @@ class SimVehicle:
             signals = carried.get(message.name, [])
             if mapped_in.get(message.name) and not signals:
                 continue  # an ECU this powertrain does not have
+            kind = Ecu
+            if message.name == COMMAND_FEEDBACK and self.body is not None:
+                kind = FeedbackEcu
             ecus.append(
-                Ecu(
+                kind(
                     message=message.name,
                     frame_id=message.frame_id,
                     is_extended=bool(message.is_extended_frame),
@@ -674,6 +718,8 @@ class SimVehicle:
                     codec=FrameCodec(self.encoder, message, signals, self.mapping),
                 )
             )
+            if isinstance(ecus[-1], FeedbackEcu):
+                ecus[-1].body = self.body
         return ecus
 
     @property
@@ -732,9 +778,14 @@ class SimVehicle:
         while self._next_event < len(events) and events[self._next_event].at_s <= t_s:
             self.state.apply(events[self._next_event].set)
             self._next_event += 1
+        body = self.body
+        if body is not None:
+            self._listen(body)
         self.state.step(t_s, self.tick_ms / 1000, self.drive)
         if not self.silent:
             frames = self._due(elapsed_ms, now_ms / 1000)
+            if body is not None and body.dirty:
+                self._add_feedback(body, frames, now_ms / 1000)
             if self._filler_per_ms:
                 self._fill(frames, now_ms / 1000)
             if frames:
@@ -791,6 +842,37 @@ class SimVehicle:
                 )
             )
         return out
+
+    def _listen(self, body: BodyController) -> None:
+        """Read what came on the bus; the command requests go to the body controller."""
+        bus = self.bus
+        if type(bus) is SimBus and not bus.pending:
+            return
+        while (msg := bus.recv(0)) is not None:
+            self.frames_received += 1
+            body.receive(msg)
+
+    def _add_feedback(self, body: BodyController, frames: list[can.Message], ts: float) -> None:
+        """Send the changed command feedback now, unless its cycle sends it this tick."""
+        body.dirty = False
+        feedback_id = body.feedback_id
+        if any(m.arbitration_id == feedback_id for m in frames):
+            return
+        ecu = next((e for e in self.ecus if isinstance(e, FeedbackEcu)), None)
+        if ecu is None:
+            return
+        data = body.feedback_data
+        msg = can.Message(
+            timestamp=ts,
+            arbitration_id=feedback_id,
+            is_extended_id=ecu.is_extended,
+            dlc=len(data),
+            data=data,
+            is_fd=ecu.is_fd,
+        )
+        at = next((i for i, m in enumerate(frames) if m.arbitration_id > feedback_id), len(frames))
+        frames.insert(at, msg)
+        ecu.frames += 1
 
     def _cycle_phases(self) -> list[list[Ecu]]:
         """For each tick of the cycles' common period, the ECUs due (empty: no such table)."""
