@@ -15,7 +15,7 @@ from gateway.errors import GatewayError
 __all__ = ["main"]
 
 # Subcommand modules, in the order ``tcusim --help`` lists them.
-_SUBCOMMANDS = ("demo", "vehicle", "scenario", "decode", "replay", "gateway")
+_SUBCOMMANDS = ("demo", "vehicle", "scenario", "decode", "replay", "gateway", "remote")
 
 
 def build_parser() -> argparse.ArgumentParser:

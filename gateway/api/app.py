@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from gateway.accounts import Accounts
-from gateway.api import b2b, b2c, callbacks
+from gateway.api import b2b, b2c, callbacks, remotes
 from gateway.api.models import ErrorBody
 from gateway.auth import AuthServer
 from gateway.store import Store
@@ -159,6 +159,8 @@ def create_app(
     app.include_router(callbacks.user_router, prefix=API_PREFIX)
     app.include_router(b2b.router, prefix=API_PREFIX)
     app.include_router(callbacks.fleet_router, prefix=API_PREFIX)
+    app.include_router(remotes.user_router, prefix=API_PREFIX)
+    app.include_router(remotes.fleet_router, prefix=API_PREFIX)
     security.install(app)
 
     def _openapi() -> dict[str, Any]:
