@@ -669,29 +669,44 @@ def test_a_version_2_database_keeps_its_samples_through_migration_3(
         assert store.ingest(VINS[0], raws[1], 2).outcome is Outcome.DUPLICATE
 
 
-# One writer process: opens the store, says so with a file, ingests the messages of a JSON
-# file in its own random order and batch sizes once a start file exists, and prints its
-# outcome counts.
+# One writer process: opens the store, says so with a file, and once a start file exists
+# ingests the messages of a JSON file in one shuffled order (writer 1 from the front, writer 2
+# from the back) in batches of its own random sizes, and prints its outcome counts. After its
+# first batch each writer waits for the other's: however the two are scheduled, both have
+# written before the rest, which both hold, is raced for.
 _WRITER = """
 import json, random, sys, time
 from pathlib import Path
 from gateway.store import Message, open_store
 target, messages, start, seed = sys.argv[1:]
 batch = [(vin, bytes.fromhex(raw)) for vin, raw in json.loads(Path(messages).read_text())]
+random.Random(0).shuffle(batch)
+if seed == "2":
+    batch.reverse()
 rnd = random.Random(int(seed))
-rnd.shuffle(batch)
+other = "2" if seed == "1" else "1"
 counts = {}
+
+def wait_for(path):
+    deadline = time.monotonic() + 60
+    while not Path(path).exists():
+        if time.monotonic() > deadline:
+            sys.exit(f"timed out waiting for {path}")
+        time.sleep(0.001)
+
 with open_store(target) as store:
     Path(f"{start}.{seed}").touch()
-    while not Path(start).exists():
-        time.sleep(0.001)
+    wait_for(start)
     i = 0
     while i < len(batch):
         n = rnd.randint(1, 8)
         chunk = [Message(f"tcusim/v1/{v}/up", r, 1, v) for v, r in batch[i : i + n]]
-        i += n
         for result in store.ingest_many(chunk):
             counts[result.outcome.value] = counts.get(result.outcome.value, 0) + 1
+        if i == 0:
+            Path(f"{start}.first.{seed}").touch()
+            wait_for(f"{start}.first.{other}")
+        i += n
 print(json.dumps(counts))
 """
 
@@ -721,7 +736,7 @@ def test_writers_in_two_processes_never_both_accept_an_upload(
     accepted = sum(c.get("accepted", 0) for c in counts)
     duplicates = sum(c.get("duplicate", 0) for c in counts)
     assert (accepted, duplicates) == (600, 600), counts
-    assert all(c.get("accepted") for c in counts), counts  # both wrote: they did race
+    assert all(c.get("accepted") for c in counts), counts  # both wrote, then raced
     with open_store(target) as store:
         assert store.payload_count() == 600
         assert store.sample_count() == 1200
