@@ -3,6 +3,12 @@
 :class:`Tcu` executes the core's actions and feeds it what its interfaces deliver. It does not
 own a clock: a scheduler (simulated or wall-clock) calls it, so the same box code runs a drive
 in simulated time and on a bench in real time.
+
+Given its vehicle key (``command_key``) the box also takes remote commands
+(:class:`~firmware_sim.command_link.CommandLink`): it receives them over its uplink, puts
+their requests on the bus, watches the feedback frame and reports their statuses; and it
+sleeps after the ignition goes off (``docs/commands.md``). Asleep, it samples and uploads
+nothing new: what changes on the bus meanwhile is taken in when it wakes.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from can_dbc.catalog import Catalog, default_catalog
 from firmware_sim.clock import Scheduler
+from firmware_sim.command_link import CommandLink, CommandSettings
 from firmware_sim.config import TcuConfig, UplinkConfig
 from firmware_sim.core import (
     Action,
@@ -55,6 +62,10 @@ class BoxStats:
     stripped_by_privacy: int = 0  # samples removed from queued uploads by a privacy change
     bus_errors: int = 0  # errors the CAN interface raised
     last_bus_error: str = ""
+    frames_asleep: int = 0  # frames read while asleep (their values are taken in at wake-up)
+    fixes_asleep: int = 0  # GNSS fixes dropped while asleep
+    sleeps: int = 0
+    wakes: dict[str, int] = field(default_factory=dict)  # by reason
 
 
 class Tcu:
@@ -72,7 +83,11 @@ class Tcu:
         gnss: GnssReader | None = None,
         catalog: Catalog | None = None,
         observers: list[Callable[[Action], None]] | None = None,
+        command_key: bytes | None = None,
+        command_settings: CommandSettings | None = None,
     ) -> None:
+        """``command_key``: the vehicle's key for remote commands (none: no commands, no
+        sleep); ``command_settings``: their timings and limits."""
         self.config = config
         self.catalog = catalog or default_catalog()
         self.decoder = decoder
@@ -94,6 +109,16 @@ class Tcu:
         self._handed = -1  # highest queued sequence number handed to the uplink
         self._queued_max = -1
         self._running = False
+        self._data_dir = Path(data_dir)
+        self._command_key = command_key
+        self._command_settings = command_settings
+        self.commands: CommandLink | None = None
+        self.asleep = False
+        self._asleep_updates: dict[int, float | int] = {}
+        self._deferred: dict[Timer, int] = {}  # timers due while asleep
+        self._feedback_id = -1  # the command feedback frame's id (-1: no commands)
+        self._ignition_id = self.catalog.by_name("Vehicle.LowVoltageSystemState").id
+        self._ignition: float | int | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -115,11 +140,17 @@ class Tcu:
         )
         queued = self.flash.entries(limit=1_000_000)
         self._queued_max = queued[-1].seq if queued else -1
+        downlink = self._command_key is not None
         if self._uplink_config is not None:
-            self.uplink = MqttUplink(self._uplink_config, self.config.vin, boot=state.boot)
+            self.uplink = MqttUplink(
+                self._uplink_config, self.config.vin, boot=state.boot, downlink=downlink
+            )
             self.uplink.open()
         self._running = True
+        self.asleep = False
         self._execute(self.core.start(self.scheduler.now_ms))
+        if self._command_key is not None:
+            self._start_commands(self._command_key)
         log.info(
             "box %s booted (boot %d, %d queued, %d pending samples)",
             self.config.vin,
@@ -128,6 +159,31 @@ class Tcu:
             len(state.pending),
         )
 
+    def _start_commands(self, key: bytes) -> None:
+        core = self.core
+        assert core is not None
+        link = CommandLink(
+            self.config.vin,
+            key,
+            catalog=self.catalog,
+            database=self.decoder.mapping.database,
+            scheduler=self.scheduler,
+            flash=self.flash,
+            nonce_path=self._data_dir / "nonces.sqlite3",
+            send_frame=self._send_frame,
+            publish_status=self._publish_status,
+            request_upload=self.request_upload,
+            on_sleep=self._sleep,
+            on_wake=self._wake,
+            live=lambda: self._asleep_updates if self.asleep else core.latest,
+            settings=self._command_settings,
+            power_safe=self.config.flash_power_safe,
+        )
+        self.commands = link
+        self._feedback_id = link.feedback_id
+        self._ignition = core.latest.get(self._ignition_id)
+        link.start(self.scheduler.now_ms)
+
     def shutdown(self, drain_timeout: float = 0.0) -> None:
         """Power off cleanly: optionally wait for the queue to drain, then disconnect."""
         if drain_timeout > 0:
@@ -135,6 +191,7 @@ class Tcu:
         self._running = False
         if self.uplink is not None:
             self.uplink.close()
+        self._close_commands()
         self.flash.close()
 
     def power_cut(self) -> None:
@@ -142,7 +199,12 @@ class Tcu:
         self._running = False
         if self.uplink is not None:
             self.uplink.abort()
+        self._close_commands()
         self.flash.close()
+
+    def _close_commands(self) -> None:
+        if self.commands is not None:
+            self.commands.close()
 
     @property
     def running(self) -> bool:
@@ -154,9 +216,17 @@ class Tcu:
     def on_frame(self, now_ms: int, msg: can.Message) -> None:
         """Feed one received CAN frame."""
         self.stats.frames += 1
+        if msg.arbitration_id == self._feedback_id and self.commands is not None:
+            self.commands.on_feedback_frame(msg, now_ms)
+            return
         updates = self.decoder.feed(msg)
-        if updates and self.core is not None:
-            self._execute(self.core.on_signals(now_ms, updates))
+        if not updates or self.core is None:
+            return
+        if self.asleep:
+            self.stats.frames_asleep += 1
+            self._asleep_updates.update(updates)
+            return
+        self._execute(self.core.on_signals(now_ms, updates))
 
     def poll_bus(self, now_ms: int, limit: int = 10_000) -> int:
         """Read the frames the bus has ready, at most ``limit``; returns how many.
@@ -166,6 +236,8 @@ class Tcu:
         bus, core = self.bus, self.core
         if bus is None or core is None or not self._running:
             return 0
+        if self.commands is not None:  # the command feedback and sleep need a look at each
+            return self._poll_bus_commands(bus, now_ms, limit)
         recv, feed = bus.recv, self.decoder.feed
         on_signals, execute = core.on_signals, self._execute
         n = 0
@@ -182,11 +254,24 @@ class Tcu:
         self.stats.frames += n
         return n
 
+    def _poll_bus_commands(self, bus: can.BusABC, now_ms: int, limit: int) -> int:
+        n = 0
+        while n < limit:
+            msg = bus.recv(0)
+            if msg is None:
+                break
+            n += 1
+            self.on_frame(now_ms, msg)
+        return n
+
     def poll_gnss(self, now_ms: int) -> int:
         """Read the GNSS port; returns how many fixes it gave."""
         if self.gnss is None or self.core is None or not self._running:
             return 0
         fixes = self.gnss.poll()
+        if self.asleep:
+            self.stats.fixes_asleep += len(fixes)
+            return 0
         for fix in fixes:
             self._execute(
                 self.core.on_position(
@@ -227,6 +312,9 @@ class Tcu:
 
         def fire(now_ms: int) -> None:
             if self._running and self.core is not None and self._timers.get(timer) == action.at_ms:
+                if self.asleep:
+                    self._deferred[timer] = action.at_ms
+                    return
                 self._execute(self.core.on_timer(now_ms, timer))
 
         self.scheduler.call_at(action.at_ms, fire)
@@ -277,6 +365,8 @@ class Tcu:
 
     def pump(self) -> None:
         """Remove acknowledged uploads from the queue and hand over the next ones."""
+        if self.commands is not None and self._running:
+            self._pump_commands()
         uplink = self.uplink
         if uplink is None or not self._running:
             return
@@ -291,6 +381,63 @@ class Tcu:
         for entry in self.flash.entries(after_seq=self._handed, limit=window):
             uplink.publish(entry.seq, entry.payload)
             self._handed = entry.seq
+
+    # -- remote commands and sleep --------------------------------------------------------
+
+    def _pump_commands(self) -> None:
+        link = self.commands
+        core = self.core
+        assert link is not None and core is not None
+        now = self.scheduler.now_ms
+        live = self._asleep_updates if self.asleep else core.latest
+        ignition = live.get(self._ignition_id, self._ignition)
+        if ignition != self._ignition:
+            self._ignition = ignition
+            link.on_ignition(ignition in (2, 3), now)
+        if self.uplink is not None:
+            raws = self.uplink.take_commands()
+            if raws:
+                link.on_commands(raws, now)
+
+    def _send_frame(self, frame: can.Message) -> None:
+        if self.bus is None:
+            log.warning("box %s: no CAN bus for a command request", self.config.vin)
+            return
+        try:
+            self.bus.send(frame)
+        except Exception as exc:  # python-can raises CanError and OSError alike
+            self.stats.bus_errors += 1
+            self.stats.last_bus_error = str(exc)
+            log.warning("box %s: command request not sent: %s", self.config.vin, exc)
+
+    def _publish_status(self, payload: bytes) -> None:
+        if self.uplink is None:
+            log.info("box %s: no uplink for a command status", self.config.vin)
+            return
+        self.uplink.publish_status(payload)
+
+    def _sleep(self, now_ms: int) -> None:
+        self.asleep = True
+        self.stats.sleeps += 1
+        core = self.core
+        self._asleep_updates = dict(core.latest) if core is not None else {}
+        log.info("box %s asleep", self.config.vin)
+
+    def _wake(self, now_ms: int, reason: str) -> None:
+        self.asleep = False
+        self.stats.wakes[reason] = self.stats.wakes.get(reason, 0) + 1
+        core = self.core
+        log.info("box %s awake (%s)", self.config.vin, reason)
+        if core is None:
+            return
+        changed = [(sid, v) for sid, v in self._asleep_updates.items() if core.latest.get(sid) != v]
+        self._asleep_updates = {}
+        if changed:
+            self._execute(core.on_signals(now_ms, changed))
+        deferred, self._deferred = self._deferred, {}
+        for timer, at_ms in deferred.items():
+            if self._timers.get(timer) == at_ms:
+                self._execute(core.on_timer(now_ms, timer))
 
     def drain(self, timeout: float) -> bool:
         """Wait (wall clock) until every queued upload is acknowledged; False on timeout."""

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY, priority INTEGER NOT NULL, created_ms INTEGER NOT NULL,
     n_samples INTEGER NOT NULL, size INTEGER NOT NULL, payload BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS outbox_eviction ON outbox (priority, seq);
+CREATE TABLE IF NOT EXISTS blobs (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
 
 _META_DEFAULTS = {
@@ -78,7 +79,7 @@ class QueueEntry:
 
 
 class FlashStore:
-    """The durable journal and upload queue of one box."""
+    """The durable journal and upload queue of one box, and small named blobs of state."""
 
     def __init__(
         self,
@@ -195,6 +196,28 @@ class FlashStore:
             pending=pending,
             queued=self._entries,
         )
+
+    # -- blobs ----------------------------------------------------------------------------
+
+    def put_blob(self, key: str, value: bytes) -> None:
+        """Keep ``value`` under ``key`` durably, replacing what was there (one transaction)."""
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO blobs (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, bytes(value)),
+            )
+
+        self._write(write)
+
+    def get_blob(self, key: str) -> bytes | None:
+        """The value kept under ``key``, or None."""
+        try:
+            row = self._conn.execute("SELECT value FROM blobs WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: read failed: {exc}") from exc
+        return None if row is None else bytes(row[0])
 
     # -- journal --------------------------------------------------------------------------
 

@@ -2,10 +2,10 @@
 
 After the ignition goes off the box stays awake ``stay_awake_ms`` (3 min by default); every
 message in either direction pushes the moment it sleeps to ``stay_awake_ms`` after that
-message. Asleep, the box neither samples nor keeps its connection. It wakes at once when the
-ignition comes on or at an alarm it set itself (a preconditioning program), and
-``wake_delay_ms`` after a shoulder tap (the network's out-of-band wake-up for a command),
-within a budget of ``monthly_wakeups`` taps per calendar month (UTC); a tap beyond it is
+message. Asleep, the box samples and uploads nothing; its modem stays registered, and a
+command arriving is the network's shoulder tap (``firmware_sim.command_link``). It wakes at
+once when the ignition comes on or at an alarm it set itself (a preconditioning program),
+and ``wake_delay_ms`` after a shoulder tap, within a budget of ``monthly_wakeups`` taps per calendar month (UTC); a tap beyond it is
 refused with ``TooManyWakeUpsOverMonth``.
 """
 

@@ -6,6 +6,12 @@ collects the sequence numbers the broker acknowledged. Uploads handed over are k
 until their PUBACK (and resent after a reconnect); across a reboot the flash queue, not paho,
 is what keeps an upload. :meth:`MqttUplink.recall` throws away whatever paho still holds, for
 when the queued uploads were rewritten (the driver tightened the privacy setting).
+
+With ``downlink=True`` the uplink also carries remote commands: its MQTT session persists
+(clean session off, so the broker keeps the commands that come while the box is offline), it
+subscribes to ``{prefix}/{vin}/down`` with QoS 1, keeps what arrives for the box
+(:meth:`MqttUplink.take_commands`) and publishes the box's status messages on
+``{prefix}/{vin}/cmd`` with QoS 1 (:meth:`MqttUplink.publish_status`).
 """
 
 from __future__ import annotations
@@ -27,7 +33,14 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from firmware_sim.config import UplinkConfig
 from firmware_sim.errors import LifecycleError, UplinkError
 
-__all__ = ["MqttUplink", "backoff_delays", "presence_topic", "uplink_topic"]
+__all__ = [
+    "MqttUplink",
+    "backoff_delays",
+    "command_topic",
+    "presence_topic",
+    "status_topic",
+    "uplink_topic",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +50,22 @@ def uplink_topic(prefix: str, vin: str) -> str:
     return f"{prefix}/{vin}/up"
 
 
+def command_topic(prefix: str, vin: str) -> str:
+    """The topic the box receives its remote commands on."""
+    return f"{prefix}/{vin}/down"
+
+
+def status_topic(prefix: str, vin: str) -> str:
+    """The topic the box reports its commands' statuses on."""
+    return f"{prefix}/{vin}/cmd"
+
+
 def presence_topic(prefix: str, vin: str) -> str:
     """The retained topic that says whether a box is online."""
     return f"{prefix}/{vin}/presence"
+
+
+_STATUS = -1  # the request "sequence number" of a status message
 
 
 class _State(enum.Enum):
@@ -59,19 +85,32 @@ def backoff_delays(minimum: float, maximum: float, rng: random.Random) -> Iterat
 class MqttUplink:
     """One box's connection to its broker."""
 
-    def __init__(self, config: UplinkConfig, vin: str, *, boot: int = 0, seed: int | None = None):
+    def __init__(
+        self,
+        config: UplinkConfig,
+        vin: str,
+        *,
+        boot: int = 0,
+        seed: int | None = None,
+        downlink: bool = False,
+    ):
         self.config = config
         self.vin = vin
         self.boot = boot
+        self.downlink = downlink
         self.topic = uplink_topic(config.topic_prefix, vin)
         self.presence = presence_topic(config.topic_prefix, vin)
+        self.command_topic = command_topic(config.topic_prefix, vin)
+        self.status_topic = status_topic(config.topic_prefix, vin)
         self._random = random.Random(seed)
         self._state = _State.UNOPENED
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._thread: threading.Thread | None = None
-        # Requests to the network thread: an upload to publish, or None to recall them all.
+        # Requests to the network thread: an upload to publish (seq, payload), a status
+        # message (-1, payload), or None to recall the uploads.
         self._requests: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
+        self._commands: collections.deque[bytes] = collections.deque()  # network thread fills
         self._graceful = True
         self._link = threading.Event()  # cleared: the network is gone (link loss)
         self._link.set()
@@ -85,6 +124,8 @@ class MqttUplink:
         self.acked = 0
         self.bytes_sent = 0
         self.recalls = 0
+        self.commands_received = 0
+        self.statuses_sent = 0
         self._client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
@@ -92,7 +133,7 @@ class MqttUplink:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id or f"tcu-{self.vin}",
-            clean_session=True,
+            clean_session=not self.downlink,
             protocol=mqtt.MQTTv311,
         )
         client.enable_logger(log)
@@ -114,6 +155,7 @@ class MqttUplink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         return client
 
     def _presence_body(self, state: str) -> bytes:
@@ -213,6 +255,9 @@ class MqttUplink:
                 self._replace_client()
                 return True
             seq, payload = request
+            if seq == _STATUS:
+                self._client.publish(self.status_topic, payload, qos=1)
+                continue
             info = self._client.publish(self.topic, payload, qos=1)
             if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:  # paho is full: hand it back
                 self._acked.append(-seq - 1)
@@ -274,6 +319,8 @@ class MqttUplink:
         self.refused = None
         self.connects += 1
         client.publish(self.presence, self._presence_body("online"), qos=1, retain=True)
+        if self.downlink:
+            client.subscribe(self.command_topic, qos=1)
         self._connected.set()
 
     def _on_disconnect(
@@ -299,6 +346,12 @@ class MqttUplink:
         seq = self._mid_to_seq.pop(mid, None)
         if seq is not None:  # None: a presence message
             self._acked.append(seq)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        if message.topic != self.command_topic:
+            log.info("uplink %s: ignored a message on %s", self.vin, message.topic)
+            return
+        self._commands.append(bytes(message.payload))
 
     # -- the box's side -------------------------------------------------------------------
 
@@ -333,6 +386,21 @@ class MqttUplink:
         self._requests.put((seq, payload))
         self.published += 1
         self.bytes_sent += len(payload)
+
+    def publish_status(self, payload: bytes) -> None:
+        """Hand a command status message over (QoS 1; paho keeps it until connected)."""
+        if self._state is not _State.OPEN:
+            raise LifecycleError(f"uplink is {self._state.value}")
+        self._requests.put((_STATUS, payload))
+        self.statuses_sent += 1
+
+    def take_commands(self) -> list[bytes]:
+        """The commands received since the last call, in arrival order."""
+        taken: list[bytes] = []
+        while self._commands:
+            taken.append(self._commands.popleft())
+        self.commands_received += len(taken)
+        return taken
 
     def link_down(self) -> None:
         """The network goes away (a tunnel, no coverage): the connection drops without a

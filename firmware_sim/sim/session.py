@@ -7,7 +7,7 @@ the box listens, both on the same scheduler, and the box can lose power and boot
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import can
@@ -15,9 +15,10 @@ import serial
 
 from can_dbc.decoder import CompiledDecoder
 from can_dbc.mapping import SignalMapping
-from can_dbc.network import load_car_network
+from can_dbc.network import CommandAction, load_car_network
 from firmware_sim.box import Tcu
 from firmware_sim.clock import Scheduler
+from firmware_sim.command_link import CommandSettings
 from firmware_sim.config import TcuConfig, UplinkConfig, parse_broker_url
 from firmware_sim.core import Action
 from firmware_sim.gnss import GnssReader, GnssSource
@@ -50,10 +51,15 @@ class SimulatedCar:
         observers: list[Callable[[Action], None]] | None = None,
         bus_load: float = 0.0,
         box_clock: Scheduler | None = None,
+        command_key: bytes | None = None,
+        command_settings: CommandSettings | None = None,
+        command_delays_ms: int | Mapping[CommandAction, int] | None = None,
     ) -> None:
         """``bus_load`` fills the bus up to that fraction of a 500 kbit/s bus with frames
         the box does not consume; ``box_clock`` is the box's own clock (the scheduler's,
-        unless a test steps it)."""
+        unless a test steps it); ``command_key`` lets the box take remote commands (signed
+        with that vehicle key), ``command_settings`` sets their timings in the box and
+        ``command_delays_ms`` the car's actuation delays."""
         self.config = config
         self.scheduler = scheduler
         self.box_clock = box_clock or scheduler
@@ -70,6 +76,8 @@ class SimulatedCar:
             else None
         )
         self.observers = observers if observers is not None else []
+        self.command_key = command_key
+        self.command_settings = command_settings
         self.car_bus: can.BusABC = SimBus(self.channel)
         self.gnss_line: serial.SerialBase = SimSerial()
         self.vehicle = SimVehicle(
@@ -81,6 +89,7 @@ class SimulatedCar:
             gnss=GnssSource(self.gnss_line),
             bus_load=bus_load,
             seed=seed,
+            command_delays_ms=command_delays_ms,
         )
         self.vehicle.after_tick.append(self._box_tick)
         self.boots = 0
@@ -98,6 +107,8 @@ class SimulatedCar:
             bus=bus,
             gnss=GnssReader(self.gnss_line),
             observers=self.observers,
+            command_key=self.command_key,
+            command_settings=self.command_settings,
         )
 
     def start(self) -> None:
