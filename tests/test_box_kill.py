@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -116,6 +117,14 @@ def test_kill_9_mid_drive_loses_nothing_and_doubles_nothing(tmp_path: Path, brok
         first, reported_1, _, reader_1 = start_child(script, data_dir, url, START_MS, 600)
         try:
             assert gateway.wait_until(lambda s: s.payload_count(VIN) >= 6, WAIT)
+            # Freeze the box at a moment its flash holds something, and kill it there.
+            deadline = time.monotonic() + WAIT
+            while True:
+                os.kill(first.pid, signal.SIGSTOP)
+                if flash_contents(data_dir / "flash.sqlite3") or time.monotonic() > deadline:
+                    break
+                os.kill(first.pid, signal.SIGCONT)
+                time.sleep(0.003)
         finally:
             os.kill(first.pid, signal.SIGKILL)
             first.wait()
