@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import can
+from cantools.database.errors import Error as CantoolsError
 
 from can_dbc.catalog import Catalog
 from can_dbc.network import COMMAND_FEEDBACK, COMMAND_REQUEST
@@ -255,7 +256,7 @@ class CommandLink:
             counter, action, result = (
                 _raw(decoded[name]) for name in ("FbCounter", "FbAction", "FbResult")
             )
-        except (ValueError, KeyError, TypeError, IndexError) as exc:  # cantools' DecodeError
+        except (CantoolsError, ValueError, KeyError, TypeError, IndexError) as exc:
             self.stats.bad_feedback += 1
             log.debug("box %s: undecodable command feedback: %s", self.vin, exc)
             return

@@ -5,8 +5,8 @@ message in either direction pushes the moment it sleeps to ``stay_awake_ms`` aft
 message. Asleep, the box samples and uploads nothing; its modem stays registered, and a
 command arriving is the network's shoulder tap (``firmware_sim.command_link``). It wakes at
 once when the ignition comes on or at an alarm it set itself (a preconditioning program),
-and ``wake_delay_ms`` after a shoulder tap, within a budget of ``monthly_wakeups`` taps per calendar month (UTC); a tap beyond it is
-refused with ``TooManyWakeUpsOverMonth``.
+and ``wake_delay_ms`` after a shoulder tap, within a budget of ``monthly_wakeups`` taps per
+calendar month (UTC); a tap beyond it is refused with ``TooManyWakeUpsOverMonth``.
 """
 
 from __future__ import annotations
