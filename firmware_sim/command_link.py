@@ -33,6 +33,7 @@ from firmware_sim import commands, power
 from firmware_sim.clock import Scheduler
 from firmware_sim.commands import CommandExecutor, CommandStateError, ExecutorState
 from firmware_sim.downlink import (
+    CLOCK_SKEW_MS,
     CommandVerifier,
     DownlinkError,
     Refusal,
@@ -70,7 +71,7 @@ class CommandSettings:
     stay_awake_ms: int = 180_000
     wake_delay_ms: int = 10_000
     monthly_wakeups: int = 20
-    clock_skew_ms: int = 30_000
+    clock_skew_ms: int = CLOCK_SKEW_MS
 
     def __post_init__(self) -> None:
         for name in ("feedback_timeout_ms", "completion_timeout_ms", "wake_timeout_ms"):

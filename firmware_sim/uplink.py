@@ -17,11 +17,13 @@ subscribes to ``{prefix}/{vin}/down`` with QoS 1, keeps what arrives for the box
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import json
 import logging
 import queue
 import random
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -38,6 +40,7 @@ __all__ = [
     "backoff_delays",
     "command_topic",
     "presence_topic",
+    "set_no_delay",
     "status_topic",
     "uplink_topic",
 ]
@@ -48,6 +51,24 @@ log = logging.getLogger(__name__)
 def uplink_topic(prefix: str, vin: str) -> str:
     """The topic a box publishes its uploads on."""
     return f"{prefix}/{vin}/up"
+
+
+def set_no_delay(client: mqtt.Client) -> None:
+    """Send small packets at once on ``client``'s sockets (no Nagle delay).
+
+    paho leaves Nagle's algorithm on, so a packet written right after another (a PUBACK and
+    then a PUBLISH) waits for the peer's delayed ACK, some 40 ms on Linux.
+    """
+
+    def on_open(_client: mqtt.Client, _userdata: object, sock: object) -> None:
+        setsockopt = getattr(sock, "setsockopt", None)
+        if setsockopt is not None:
+            try:
+                setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError as exc:  # not a TCP socket (a Unix socket): nothing to do
+                log.debug("TCP_NODELAY not set: %s", exc)
+
+    client.on_socket_open = on_open
 
 
 def command_topic(prefix: str, vin: str) -> str:
@@ -156,6 +177,7 @@ class MqttUplink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        set_no_delay(client)
         return client
 
     def _presence_body(self, state: str) -> bytes:
@@ -384,6 +406,7 @@ class MqttUplink:
             raise LifecycleError(f"uplink is {self._state.value}")
         self._in_flight.add(seq)
         self._requests.put((seq, payload))
+        self._nudge()
         self.published += 1
         self.bytes_sent += len(payload)
 
@@ -393,6 +416,19 @@ class MqttUplink:
             raise LifecycleError(f"uplink is {self._state.value}")
         self._requests.put((_STATUS, payload))
         self.statuses_sent += 1
+        self._nudge()
+
+    def _nudge(self) -> None:
+        """Wake the network thread from its wait on the socket, so it serves a request now.
+
+        paho's own wake-up for a packet queued from another thread: one byte on the socket
+        pair its loop selects on. A client being replaced meanwhile is harmless to miss.
+        """
+        pair_end = getattr(self._client, "_sockpairW", None)
+        if pair_end is not None:
+            # Full (already woken) or closed (replaced): nothing to do.
+            with contextlib.suppress(OSError):
+                pair_end.send(b"0")
 
     def take_commands(self) -> list[bytes]:
         """The commands received since the last call, in arrival order."""

@@ -157,6 +157,7 @@ class MosquittoSettings:
     certfile: str | None = None  # with keyfile: the listener speaks TLS only
     keyfile: str | None = None
     password_file: str | None = None  # given: no anonymous clients (mosquitto_passwd format)
+    tcp_nodelay: bool = True  # no Nagle delay on small messages (commands, acknowledgements)
 
     def __post_init__(self) -> None:
         if (self.certfile is None) != (self.keyfile is None):
@@ -248,6 +249,7 @@ class MosquittoBroker:
             f"persistence_location {self.data_dir}/",
             f"autosave_interval {s.autosave_interval}",
             f"autosave_on_changes {'true' if s.autosave_on_changes else 'false'}",
+            f"set_tcp_nodelay {'true' if s.tcp_nodelay else 'false'}",
             f"log_dest file {self.log_path}",
             "log_type error",
             "log_type warning",

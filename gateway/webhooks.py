@@ -259,6 +259,7 @@ class WebhookSender:
         self.timeout_s = timeout_s
         self._own_client = client is None
         self.client = client if client is not None else httpx.Client()
+        self._wake = threading.Event()
 
     def close(self) -> None:
         """Close the HTTP client if this sender made it."""
@@ -359,12 +360,18 @@ class WebhookSender:
                 retried += 1
         return DeliveryReport(delivered, retried, dropped)
 
+    def wake(self) -> None:
+        """A notification was queued: let :meth:`run` deliver now rather than at its round."""
+        self._wake.set()
+
     def run(self, stop_event: threading.Event, interval_s: float = 1.0) -> None:
-        """Deliver what is due every ``interval_s`` until ``stop_event`` is set.
+        """Deliver what is due every ``interval_s``, and at once after :meth:`wake`, until
+        ``stop_event`` is set (call :meth:`wake` after setting it, to stop at once).
 
         A failure of the store is logged and tried again at the next round.
         """
         while not stop_event.is_set():
+            self._wake.clear()
             try:
                 report = self.deliver_due()
             except GatewayError as exc:
@@ -372,4 +379,4 @@ class WebhookSender:
             else:
                 if report.delivered or report.retried or report.dropped:
                     log.debug("webhooks: %s", report)
-            stop_event.wait(interval_s)
+            self._wake.wait(interval_s)
