@@ -15,6 +15,7 @@ from can_dbc.network import load_car_network
 from firmware_sim.box import Tcu
 from firmware_sim.clock import WallScheduler
 from firmware_sim.config import TcuConfig, UplinkConfig, parse_broker_url
+from firmware_sim.downlink import KEY_BYTES, vehicle_key
 from firmware_sim.errors import ConfigError
 from firmware_sim.gnss import GnssReader, GnssSource
 from firmware_sim.runner import open_bus, run_wall_clock
@@ -61,6 +62,21 @@ def add_subparser(subparsers: Any) -> None:
     run.add_argument(
         "--data-dir", type=Path, default=Path("tcusim-data/vehicle"), help="the box's flash"
     )
+    keys = run.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--command-key-file",
+        type=Path,
+        metavar="FILE",
+        help="the vehicle's remote command key (64 hex digits): take remote commands",
+    )
+    keys.add_argument(
+        "--remote-secret-file",
+        type=Path,
+        metavar="FILE",
+        help="the gateway's remote master secret (its remote.secret): derive this VIN's key "
+        "from it and take remote commands (a simulator convenience: a real box holds only "
+        "its own key)",
+    )
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.add_argument(
         "--simulate",
@@ -85,6 +101,32 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError("--bitrate means nothing on the virtual interface")
     if args.gnss_baud <= 0:
         raise ConfigError("--gnss-baud must be positive")
+
+
+def _read_hex(path: Path, what: str) -> bytes:
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the {what}: {exc}") from exc
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise ConfigError(f"{path}: the {what} must be hexadecimal") from None
+
+
+def command_key(args: argparse.Namespace, vin: str) -> bytes | None:
+    """The vehicle key the options give, or None (the box then takes no commands)."""
+    if args.command_key_file is not None:
+        key = _read_hex(args.command_key_file, "command key")
+        if len(key) != KEY_BYTES:
+            raise ConfigError(f"{args.command_key_file}: the command key must be {KEY_BYTES} bytes")
+        return key
+    if args.remote_secret_file is not None:
+        master = _read_hex(args.remote_secret_file, "remote master secret")
+        if len(master) < 16:
+            raise ConfigError(f"{args.remote_secret_file}: the master secret is too short")
+        return vehicle_key(master, vin)
+    return None
 
 
 def run_vehicle(args: argparse.Namespace) -> int:
@@ -142,6 +184,7 @@ def run_vehicle(args: argparse.Namespace) -> int:
             uplink=uplink,
             bus=bus,
             gnss=gnss,
+            command_key=command_key(args, config.vin),
         )
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
         stack.callback(signal.signal, signal.SIGTERM, previous)
@@ -183,3 +226,11 @@ def _print_counters(box: Tcu, gnss: GnssReader | None) -> None:
         )
         print(f"uploads {box.stats.uploads_enqueued} {dict(c.uploads_by_trigger)}")
     print(f"queue: {box.flash.depth} waiting, {len(box.stats.evicted)} evicted")
+    if box.commands is not None:
+        k = box.commands.stats
+        print(
+            f"commands: received {k.received}, refused {dict(k.refused)}, submitted "
+            f"{k.submitted}, statuses {k.statuses}, request frames {k.frames_sent}, feedback "
+            f"frames {k.feedback_frames} ({k.bad_feedback} undecodable), sleeps "
+            f"{box.stats.sleeps}, wakes {dict(box.stats.wakes)}"
+        )
