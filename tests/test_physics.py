@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from firmware_sim.sim.drive import IGNITION, Drive, Route, city_drive, commute
 from firmware_sim.sim.physics import (
+    CABIN,
     CHARGE_RATE,
     CHARGING_STATE,
     CRASH,
@@ -334,3 +335,13 @@ def test_alert_lamps(name: str) -> None:
         state.alert("Nonsense")
     with pytest.raises(ValueError, match=r"electric car has no Vehicle\.Alert\.OilPressure"):
         VehicleState(Energy.ELECTRIC).alert("OilPressure")
+
+
+@pytest.mark.parametrize("dt", [0.01, 1.0])
+def test_preconditioning_brings_the_cabin_to_its_target(dt: float) -> None:
+    state = VehicleState(Energy.ELECTRIC, soc_pct=80.0)
+    state.values[CABIN] = 5.0
+    state.start_preconditioning(21.0)
+    run(state, drive_of([(0.0, 0.0), (1.0, 0.0)]), 1800, dt=dt)  # three time constants
+    # 21 - 16 * e^-3 = 20.2: small steps add up whatever the step size.
+    assert 20.0 < float(state.values[CABIN]) < 20.5

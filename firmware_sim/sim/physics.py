@@ -617,7 +617,7 @@ class VehicleState:
             goal, tau = PRECOND_DEFAULT_C, 600.0
         else:
             goal, tau = outside + 2.0, 1800.0
-        v[CABIN] = round(cabin + (goal - cabin) * min(1.0, dt_s / tau), 2)
+        v[CABIN] = cabin + (goal - cabin) * min(1.0, dt_s / tau)  # unrounded: small steps add up
 
     def _update_charging(self, dt_s: float, running: bool) -> None:
         v = self.values
