@@ -28,6 +28,14 @@ def test_every_scenario_is_shipped_with_expectations() -> None:
         assert scenario.expectations, f"{name} checks nothing"
 
 
+def test_the_commuter_day_checks_every_remote_it_sends() -> None:
+    scenario = load_scenario(SCENARIOS / "commuter_day_ev.yaml")
+    sent = {a.value.id for a in scenario.actions if a.kind == "remote"}
+    checked = {e.params["id"] for e in scenario.expectations if e.kind == "remote"}
+    assert len(sent) >= 5 and sent == checked
+    assert scenario.energy.value == "electric" and scenario.config.model_year >= 2019
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_scenario_passes(name: str, tmp_path: Path, broker: object) -> None:
     scenario = load_scenario(SCENARIOS / name)

@@ -19,6 +19,14 @@ from typing import Any
 from can_dbc.catalog import default_catalog
 from can_dbc.errors import MappingError
 from firmware_sim.config import TcuConfig
+from firmware_sim.downlink import (
+    MAX_VALIDITY_MS,
+    DownlinkError,
+    FailureCause,
+    RemoteStatus,
+    new_command,
+    sign_command,
+)
 from firmware_sim.errors import ConfigError
 from firmware_sim.payload import Privacy, Trigger
 from firmware_sim.scenario.yamlpos import PosDict, PosList, ScenarioError, load_yaml
@@ -30,6 +38,7 @@ __all__ = [
     "Action",
     "Expectation",
     "Fault",
+    "Remote",
     "Scenario",
     "ScenarioError",
     "load_scenario",
@@ -75,6 +84,21 @@ FAULTS = (
     "clock_jump",
 )
 TRIGGERS = {t.name.lower(): t for t in Trigger}
+REMOTE_ACTIONS = (
+    "horn",
+    "lights",
+    "lock",
+    "unlock",
+    "precond",
+    "charge",
+    "wakeup",
+    "stolen",
+    "immobilize",
+)
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DAY_SETS = {"weekdays": 0b0011111, "weekend": 0b1100000, "daily": 0b1111111}
+DEFAULT_VALIDITY_MS = 10 * 60 * 1000
+_TIME_OF_DAY = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*$")
 
 
 def parse_duration(value: object) -> int:
@@ -99,13 +123,27 @@ class Action:
 
     at_ms: int
     kind: str  # ignition | drive | door | lock | plug | charge | privacy | crash | alert |
-    #            low_battery | refuel | precondition
+    #            low_battery | refuel | precondition | remote (value: a Remote)
     value: Any
     line: int | None = None
 
     def describe(self) -> str:
         """A short human description."""
         return f"{self.kind} {self.value}" if self.kind != "drive" else "drive"
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A remote command the app sends: ``params`` are the command's, as on the wire."""
+
+    id: str
+    action: str  # one of REMOTE_ACTIONS
+    params: Mapping[str, Any]
+    validity_ms: int = DEFAULT_VALIDITY_MS
+
+    def __str__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.id}: {self.action}" + (f" ({args})" if args else "")
 
 
 @dataclass(frozen=True)
@@ -151,6 +189,7 @@ class Scenario:
     expectations: tuple[Expectation, ...] = ()
     source: str = "<scenario>"
     speed_profile: tuple[tuple[int, float], ...] = field(default=())  # absolute (ms, km/h)
+    network_sleep_ms: int | None = None  # the CAN network sleeps after the box slept this long
 
 
 # -- parsing ---------------------------------------------------------------------------------
@@ -247,10 +286,12 @@ def parse_scenario(document: Any, source: str = "<scenario>", base: Path | None 
     if not 10_000 <= duration_ms <= 7 * 86_400_000:
         raise ctx.fail(_line(top, "duration"), "duration", "must be between 10 s and 7 days")
     config, energy, privacy, bus_load = _parse_vehicle(ctx, top["vehicle"], _line(top, "vehicle"))
+    network_sleep = _parse_network_sleep(ctx, top["vehicle"])
     route = _parse_route(ctx, top["route"], _line(top, "route"))
     actions, profile = _parse_timeline(ctx, top.get("timeline", PosList()), duration_ms)
     faults = _parse_faults(ctx, top.get("faults", PosList()), duration_ms)
-    expectations = _parse_expectations(ctx, top.get("expect", PosList()))
+    remotes = {a.value.id for a in actions if a.kind == "remote"}
+    expectations = _parse_expectations(ctx, top.get("expect", PosList()), remotes)
     return Scenario(
         name=name.strip(),
         config=config,
@@ -266,6 +307,7 @@ def parse_scenario(document: Any, source: str = "<scenario>", base: Path | None 
         expectations=expectations,
         source=source,
         speed_profile=profile,
+        network_sleep_ms=network_sleep,
     )
 
 
@@ -299,7 +341,16 @@ def _parse_vehicle(ctx: _Ctx, value: Any, line: int) -> tuple[TcuConfig, Energy,
         value,
         line,
         "vehicle",
-        {"vin", "model_year", "energy", "services", "privacy", "queue_max_entries", "bus_load"},
+        {
+            "vin",
+            "model_year",
+            "energy",
+            "services",
+            "privacy",
+            "queue_max_entries",
+            "bus_load",
+            "network_sleep",
+        },
     )
     if "vin" not in v:
         raise ctx.fail(v.line, "vehicle.vin", "missing")
@@ -324,6 +375,16 @@ def _parse_vehicle(ctx: _Ctx, value: Any, line: int) -> tuple[TcuConfig, Energy,
     except MappingError as exc:
         raise ctx.fail(_line(v, "services"), "vehicle.services", str(exc)) from None
     return config, energy, privacy, float(bus_load)
+
+
+def _parse_network_sleep(ctx: _Ctx, v: PosDict) -> int | None:
+    """``network_sleep: 1m``: the car's network sleeps once the box has slept that long."""
+    if "network_sleep" not in v:
+        return None
+    ms = ctx.duration(v["network_sleep"], _line(v, "network_sleep"), "vehicle.network_sleep")
+    if ms < 1_000:
+        raise ctx.fail(_line(v, "network_sleep"), "vehicle.network_sleep", "at least 1 s")
+    return ms
 
 
 def _points(ctx: _Ctx, raw: Any, line: int, field_: str) -> list[tuple[float, float]]:
@@ -415,6 +476,7 @@ _ACTION_KEYS = {
     "low_battery",
     "refuel",
     "precondition",
+    "remote",
 }
 
 
@@ -425,6 +487,7 @@ def _parse_timeline(
         raise ctx.fail(getattr(value, "line", None), "timeline", "must be a list of actions")
     actions: list[Action] = []
     profile: list[tuple[int, float]] = [(0, 0.0)]
+    ids: set[str] = set()
     for i, item in enumerate(value):
         where = f"timeline[{i}]"
         entry = ctx.mapping(item, value.item_lines[i], where, _ACTION_KEYS | {"at"})
@@ -440,6 +503,13 @@ def _parse_timeline(
         kind = kinds[0]
         raw, line = entry[kind], _line(entry, kind)
         field_ = f"{where}.{kind}"
+        if kind == "remote":
+            remote = _parse_remote(ctx, raw, line, field_, default_id=where)
+            if remote.id in ids:
+                raise ctx.fail(_line(raw, "id"), f"{field_}.id", f"{remote.id!r} is given twice")
+            ids.add(remote.id)
+            actions.append(Action(at, kind, remote, line))
+            continue
         parsed = _parse_action(ctx, kind, raw, line, field_, at=at, profile=profile)
         if parsed is not None:
             actions.append(Action(at, kind, parsed, line))
@@ -537,6 +607,177 @@ def _parse_action(
     return None
 
 
+def _bool_field(ctx: _Ctx, d: PosDict, key: str, field_: str) -> bool:
+    value = d[key]
+    if not isinstance(value, bool):
+        raise ctx.fail(_line(d, key), f"{field_}.{key}", "must be true or false")
+    return value
+
+
+def _int_field(ctx: _Ctx, d: PosDict, key: str, field_: str, bounds: tuple[int, int]) -> int:
+    low, high = bounds
+    value = d[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ctx.fail(_line(d, key), f"{field_}.{key}", f"must be a whole number in {low}..{high}")
+    return value
+
+
+def _time_of_day(ctx: _Ctx, value: Any, line: int, field_: str) -> int:
+    """Minutes since midnight UTC from ``"23:30"`` (YAML 1.1 reads an unquoted 23:30 as 1410)."""
+    if isinstance(value, str):
+        m = _TIME_OF_DAY.match(value)
+        if m and int(m.group(1)) < 24 and int(m.group(2)) < 60:
+            return int(m.group(1)) * 60 + int(m.group(2))
+    elif isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1440:
+        return value
+    raise ctx.fail(line, field_, f'{value!r} is not a time of day (say "23:30", UTC)')
+
+
+def _days(ctx: _Ctx, value: Any, line: int, field_: str) -> int:
+    """A day bitmap (bit 0 Monday) from a list of days, a set's name or the bitmap itself."""
+    if isinstance(value, str) and value in DAY_SETS:
+        return DAY_SETS[value]
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 127:
+        return value
+    if isinstance(value, PosList) and value:
+        bits = 0
+        for j, day in enumerate(value):
+            if day not in DAYS:
+                raise ctx.fail(
+                    value.item_lines[j],
+                    f"{field_}[{j}]",
+                    f"{day!r} is not one of {', '.join(DAYS)}",
+                )
+            bits |= 1 << DAYS.index(day)
+        return bits
+    raise ctx.fail(
+        line,
+        field_,
+        f"{value!r}: give a list of days ({', '.join(DAYS)}), "
+        f"{', '.join(DAY_SETS)} or a bitmap 0..127 (bit 0 Monday)",
+    )
+
+
+def _program(ctx: _Ctx, raw: Any, line: int, field_: str) -> dict[str, Any]:
+    d = ctx.mapping(raw, line, field_, {"slot", "enabled", "days", "at"})
+    for key in ("slot", "days", "at"):
+        if key not in d:
+            raise ctx.fail(d.line, f"{field_}.{key}", "missing")
+    return {
+        "slot": _int_field(ctx, d, "slot", field_, (1, 4)),
+        "enabled": _bool_field(ctx, d, "enabled", field_) if "enabled" in d else True,
+        "days": _days(ctx, d["days"], _line(d, "days"), f"{field_}.days"),
+        "start_min": _time_of_day(ctx, d["at"], _line(d, "at"), f"{field_}.at"),
+    }
+
+
+# The keys each remote action takes besides action, id and validity.
+_REMOTE_KEYS = {
+    "horn": {"beeps"},
+    "lights": {"duration"},
+    "lock": set(),
+    "unlock": set(),
+    "wakeup": set(),
+    "precond": {"immediate", "programs"},
+    "charge": {"immediate", "at", "preferences"},
+    "stolen": {"stolen"},
+    "immobilize": {"activate"},
+}
+
+
+def _parse_remote(ctx: _Ctx, raw: Any, line: int, field_: str, *, default_id: str) -> Remote:
+    """``remote: {action, id, validity, ...the action's parameters}``."""
+    if not isinstance(raw, PosDict):
+        raise ctx.fail(line, field_, f"expected a mapping, got {_kind(raw)}")
+    if "action" not in raw:
+        raise ctx.fail(
+            raw.line, f"{field_}.action", f"missing (one of {', '.join(REMOTE_ACTIONS)})"
+        )
+    action = raw["action"]
+    if action not in REMOTE_ACTIONS:
+        raise ctx.fail(
+            _line(raw, "action"),
+            f"{field_}.action",
+            f"{action!r} is not one of {', '.join(REMOTE_ACTIONS)}",
+        )
+    d = ctx.mapping(raw, line, field_, {"action", "id", "validity"} | _REMOTE_KEYS[action])
+    ident = d.get("id", default_id)
+    if not isinstance(ident, str | int) or isinstance(ident, bool) or not str(ident).strip():
+        raise ctx.fail(_line(d, "id"), f"{field_}.id", "must be a name")
+    validity = DEFAULT_VALIDITY_MS
+    if "validity" in d:
+        validity = ctx.duration(d["validity"], _line(d, "validity"), f"{field_}.validity")
+        if not 1_000 <= validity <= MAX_VALIDITY_MS:
+            raise ctx.fail(_line(d, "validity"), f"{field_}.validity", "must be 1 s to 7 days")
+    params: dict[str, Any] = {}
+    if action == "horn":
+        params["beeps"] = _int_field(ctx, d, "beeps", field_, (1, 10)) if "beeps" in d else 1
+    elif action == "lights":
+        seconds = 10_000
+        if "duration" in d:
+            seconds = ctx.duration(d["duration"], _line(d, "duration"), f"{field_}.duration")
+            if seconds % 1000 or not 1_000 <= seconds <= 60_000:
+                raise ctx.fail(_line(d, "duration"), f"{field_}.duration", "whole seconds, 1..60")
+        params["duration_s"] = seconds // 1000
+    elif action in ("stolen", "immobilize"):
+        key = "stolen" if action == "stolen" else "activate"
+        if key not in d:
+            raise ctx.fail(d.line, f"{field_}.{key}", "missing")
+        params[key] = _bool_field(ctx, d, key, field_)
+    elif action in ("precond", "charge"):
+        if "immediate" in d:
+            params["immediate"] = _bool_field(ctx, d, "immediate", field_)
+        if "programs" in d:
+            programs = d["programs"]
+            if not isinstance(programs, PosList) or not 1 <= len(programs) <= 4:
+                raise ctx.fail(
+                    _line(d, "programs"), f"{field_}.programs", "a list of 1 to 4 programs"
+                )
+            params["programs"] = [
+                _program(ctx, p, programs.item_lines[j], f"{field_}.programs[{j}]")
+                for j, p in enumerate(programs)
+            ]
+            slots = [p["slot"] for p in params["programs"]]
+            if len(set(slots)) != len(slots):
+                raise ctx.fail(_line(d, "programs"), f"{field_}.programs", "a slot appears twice")
+        if "at" in d:
+            if "immediate" in d:
+                raise ctx.fail(
+                    _line(d, "at"), f"{field_}.at", "at and immediate exclude each other"
+                )
+            params["delayed_to_min"] = _time_of_day(ctx, d["at"], _line(d, "at"), f"{field_}.at")
+        if "preferences" in d:
+            p = ctx.mapping(
+                d["preferences"],
+                _line(d, "preferences"),
+                f"{field_}.preferences",
+                {"level", "type"},
+            )
+            for key in ("level", "type"):
+                if key not in p:
+                    raise ctx.fail(p.line, f"{field_}.preferences.{key}", "missing")
+            level = _int_field(ctx, p, "level", f"{field_}.preferences", (1, 5))
+            kind = ctx.choice(
+                p["type"],
+                _line(p, "type"),
+                f"{field_}.preferences.type",
+                {"Partial": "Partial", "Full": "Full"},
+            )
+            params["preferences"] = {"level": level, "type": kind}
+        if not params:
+            given = " or ".join(sorted(_REMOTE_KEYS[action]))
+            raise ctx.fail(d.line, field_, f"{action}: give {given}")
+    remote = Remote(str(ident).strip(), action, params, validity)
+    try:  # what the box would refuse is refused here (the same checks)
+        cmd = new_command(
+            "VF1AAAAAAAA000000", action, params, issued_at_ms=0, order=0, validity_ms=validity
+        )
+        sign_command(cmd, bytes(32))
+    except DownlinkError as exc:
+        raise ctx.fail(line, field_, str(exc)) from None
+    return remote
+
+
 def _parse_faults(ctx: _Ctx, value: Any, duration_ms: int) -> tuple[Fault, ...]:
     if not isinstance(value, PosList):
         raise ctx.fail(getattr(value, "line", None), "faults", "must be a list of faults")
@@ -623,7 +864,51 @@ def _signal_params(ctx: _Ctx, d: Any, line: int, field_: str, kind: str) -> dict
     return out
 
 
-def _parse_expectations(ctx: _Ctx, value: Any) -> tuple[Expectation, ...]:
+FINAL_STATUSES = {s.value: s.value for s in RemoteStatus if s.done}
+STATUSES = {s.value: s.value for s in RemoteStatus}
+CAUSES = {c.value: c.value for c in FailureCause}
+
+
+def _remote_params(
+    ctx: _Ctx, raw: Any, line: int, field_: str, remotes: set[str]
+) -> dict[str, Any]:
+    """``remote: {id, status, cause, statuses}``: the outcome of a remote of the timeline."""
+    d = ctx.mapping(raw, line, field_, {"id", "status", "cause", "statuses"})
+    if "id" not in d:
+        raise ctx.fail(d.line, f"{field_}.id", "missing")
+    ident = str(d["id"]).strip()
+    if ident not in remotes:
+        known = ", ".join(sorted(remotes)) or "none"
+        raise ctx.fail(
+            _line(d, "id"),
+            f"{field_}.id",
+            f"no remote {ident!r} in the timeline (remotes: {known})",
+        )
+    out: dict[str, Any] = {"id": ident}
+    if "status" in d:
+        out["status"] = ctx.choice(
+            d["status"], _line(d, "status"), f"{field_}.status", FINAL_STATUSES
+        )
+    if "cause" in d:
+        out["cause"] = ctx.choice(d["cause"], _line(d, "cause"), f"{field_}.cause", CAUSES)
+        if out.setdefault("status", "Failed") != "Failed":
+            raise ctx.fail(_line(d, "cause"), f"{field_}.cause", "only a Failed status has a cause")
+    if "statuses" in d:
+        seq = d["statuses"]
+        if not isinstance(seq, PosList) or not seq:
+            raise ctx.fail(_line(d, "statuses"), f"{field_}.statuses", "a list of statuses")
+        out["statuses"] = [
+            ctx.choice(s, seq.item_lines[j], f"{field_}.statuses[{j}]", STATUSES)
+            for j, s in enumerate(seq)
+        ]
+    if len(out) == 1:
+        raise ctx.fail(d.line, field_, "give status, cause, statuses or some of them")
+    return out
+
+
+def _parse_expectations(
+    ctx: _Ctx, value: Any, remotes: set[str] | None = None
+) -> tuple[Expectation, ...]:
     if not isinstance(value, PosList):
         raise ctx.fail(getattr(value, "line", None), "expect", "must be a list of expectations")
     out = []
@@ -638,6 +923,7 @@ def _parse_expectations(ctx: _Ctx, value: Any) -> tuple[Expectation, ...]:
         "rejected",
         "value",
         "change",
+        "remote",
     }
     for i, item in enumerate(value):
         where = f"expect[{i}]"
@@ -660,6 +946,8 @@ def _parse_expectations(ctx: _Ctx, value: Any) -> tuple[Expectation, ...]:
             params = _count_params(ctx, raw, line, field_, set())
         elif kind in ("value", "change"):
             params = _signal_params(ctx, raw, line, field_, kind)
+        elif kind == "remote":
+            params = _remote_params(ctx, raw, line, field_, remotes or set())
         elif kind == "trip_km":
             d = ctx.mapping(raw, line, field_, {"about", "tolerance"})
             about = d.get("about")

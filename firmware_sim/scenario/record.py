@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["ExpectationResult", "RunRecord", "TimelineEntry", "UploadRecord"]
+__all__ = [
+    "ExpectationResult",
+    "RemoteRecord",
+    "RemoteStatusRecord",
+    "RunRecord",
+    "TimelineEntry",
+    "UploadRecord",
+]
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,35 @@ class TimelineEntry:
     t_ms: int
     kind: str  # "action" | "fault" | "command"
     text: str
+
+
+@dataclass(frozen=True)
+class RemoteStatusRecord:
+    """One status message the box sent about a remote command."""
+
+    t_ms: int  # the box's time in the message (simulated)
+    status: str  # RemoteStatus value
+    cause: str | None = None  # FailureCause value, with Failed only
+    detail: str = ""
+
+
+@dataclass
+class RemoteRecord:
+    """A remote command the scenario sent, and every status the box answered."""
+
+    id: str
+    action: str
+    params: dict[str, Any]
+    sent_ms: int  # simulated time it was signed and published
+    command_id: str  # hex
+    order: int
+    statuses: list[RemoteStatusRecord] = field(default_factory=list)
+
+    @property
+    def outcome(self) -> RemoteStatusRecord | None:
+        """The final status (Success, AlreadyDone or Failed); ``None`` while there is none."""
+        final = ("Success", "AlreadyDone", "Failed")
+        return next((s for s in reversed(self.statuses) if s.status in final), None)
 
 
 @dataclass(frozen=True)
@@ -56,6 +92,7 @@ class RunRecord:
     expectations: list[ExpectationResult] = field(default_factory=list)
     counters: dict[str, int | float] = field(default_factory=dict)
     payload_digest: str = ""  # SHA-256 of every payload queued, in order: equal runs, equal digest
+    remotes: list[RemoteRecord] = field(default_factory=list)  # in the order they were sent
 
     @property
     def passed(self) -> bool:

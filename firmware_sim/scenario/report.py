@@ -82,6 +82,7 @@ th { background: #f5f7fa; font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.failed td { background: #fef2f2; }
 .ok { color: #15803d; font-weight: 700; } .ko { color: #b91c1c; font-weight: 700; }
+.detail { color: #6b7280; font-size: 0.9em; }
 .swatch { display: inline-block; width: 10px; height: 10px; border-radius: 50%;
   margin-right: 6px; vertical-align: baseline; }
 .kind { font-weight: 600; white-space: nowrap; margin-right: 14px; }
@@ -669,6 +670,45 @@ def _timeline_table(record: RunRecord) -> str:
     )
 
 
+def _remotes_table(record: RunRecord) -> str:
+    """Each remote command: when it was sent, what it asked, every status, the outcome."""
+    rows = []
+    for r in record.remotes:
+        params = ", ".join(f"{k}={_fmt_param(v)}" for k, v in r.params.items())
+        steps = "<br>".join(
+            f"{_elapsed(record, s.t_ms)} {_esc(s.status)}"
+            + (f" ({_esc(s.cause)})" if s.cause else "")
+            + (f' <span class="detail">{_esc(s.detail)}</span>' if s.detail else "")
+            for s in r.statuses
+        )
+        outcome = r.outcome
+        if outcome is None:
+            verdict = '<span class="ko">no outcome</span>'
+        elif outcome.status == "Failed":
+            verdict = f'<span class="ko">Failed</span> {_esc(outcome.cause or "")}'
+        else:
+            verdict = f'<span class="ok">{_esc(outcome.status)}</span>'
+        rows.append(
+            f'<tr><td>{_esc(r.id)}</td><td class="num">{_elapsed(record, r.sent_ms)}</td>'
+            f"<td>{_esc(r.action)}{' ' + _esc(params) if params else ''}</td>"
+            f"<td>{steps or '-'}</td><td>{verdict}</td></tr>"
+        )
+    return (
+        '<table class="remotes"><thead><tr><th>remote</th><th class="num">sent</th>'
+        "<th>command</th><th>statuses (box time)</th><th>outcome</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+
+
+def _fmt_param(value: object) -> str:
+    if isinstance(value, list):
+        return "[" + "; ".join(_fmt_param(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}={_fmt_param(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
 def _drive_table(record: RunRecord) -> str:
     """Distance along the recorded positions, and the speed's maximum and moving average."""
     points = [(lat, lon) for _, lat, lon in _positions(record)]
@@ -798,6 +838,11 @@ def render_report(record: RunRecord) -> str:
         f"</span>{k}</span>"
         for k, c in KIND_COLOURS.items()
     )
+    remotes = (
+        f"<section><h2>Remote commands</h2>{_remotes_table(record)}</section>\n"
+        if record.remotes
+        else ""
+    )
     body = f"""<main>
 {_header(record)}
 <div class="row">
@@ -815,7 +860,7 @@ timeline's entries: {kinds}</p>
 {sent_chart}</section>
 <section><h2>Queue depth</h2>{depth}</section>
 <section><h2>Expectations</h2>{_expectations_table(record)}</section>
-<section><h2>Timeline</h2>{_timeline_table(record)}</section>
+{remotes}<section><h2>Timeline</h2>{_timeline_table(record)}</section>
 <section><h2>Counters</h2>{_counters_table(record)}</section>
 </main>"""
     verdict = "pass" if record.passed else "FAIL"

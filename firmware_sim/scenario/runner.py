@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import logging
 import math
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -24,12 +25,21 @@ import can
 from can_dbc.catalog import Scope, default_catalog
 from firmware_sim.clock import SimScheduler
 from firmware_sim.core import Action, ApplyPrivacy, EnqueueUpload, JournalSamples
+from firmware_sim.downlink import StatusMessage, new_command, sign_command, vehicle_key
 from firmware_sim.errors import ConfigError
 from firmware_sim.payload import Privacy, encode_uplink
-from firmware_sim.scenario.model import PRIVACY, Fault, Scenario
+from firmware_sim.scenario.model import PRIVACY, Fault, Remote, Scenario
 from firmware_sim.scenario.model import Action as ScenarioAction
-from firmware_sim.scenario.record import ExpectationResult, RunRecord, TimelineEntry, UploadRecord
+from firmware_sim.scenario.record import (
+    ExpectationResult,
+    RemoteRecord,
+    RemoteStatusRecord,
+    RunRecord,
+    TimelineEntry,
+    UploadRecord,
+)
 from firmware_sim.scenario.recording import CandumpRecorder, MqttRecorder
+from firmware_sim.scenario.remote import CommandStation
 from firmware_sim.sim.drive import Drive
 from firmware_sim.sim.session import SimulatedCar
 from gateway.broker import EmbeddedBroker, MosquittoBroker, start_test_broker
@@ -46,6 +56,9 @@ FUEL = "Vehicle.Powertrain.FuelSystem.RelativeLevel"
 PRIVACY_SIGNAL = "Vehicle.Connectivity.PrivacySetting"
 DRAIN_S = 60.0
 HEAD_UNIT_PERIOD_MS = 1_000  # the head unit repeats the privacy setting this often
+DELIVERY_S = 10.0  # wall time a command may take to reach a connected box
+DELIVERY_STEP_MS = 10  # simulated time the car runs on while a command is on its way
+STATUS_WAIT_S = 10.0  # wall time the box's last status messages may take to arrive
 
 
 class _Tee(can.BusABC):
@@ -163,6 +176,18 @@ class ScenarioRunner:
         self._pending_at_end: set[int] = set()
         self._stripped = 0
         self._drained = False
+        self._remotes = [a for a in scenario.actions if a.kind == "remote"]
+        self._station: CommandStation | None = None
+        self._key: bytes | None = None
+        self._order = 0
+        self._by_command: dict[bytes, RemoteRecord] = {}
+        self._published = 0  # remote commands published
+        self._received_before = 0  # commands and statuses of the boxes before the last boot
+        self._statuses_before = 0
+        self._fault_silent = False  # a can_silence fault holds the bus
+        self._quiet_since: int | None = None  # the box asleep and the car at rest since
+        self._network_asleep_ms = 0
+        self._network_sleeps = 0
         if broker_url and any(f.kind == "broker_outage" for f in scenario.faults):
             raise ConfigError("a broker_outage fault needs the runner's own broker (no --broker)")
 
@@ -172,7 +197,7 @@ class ScenarioRunner:
         """Run the whole scenario and check its expectations."""
         wall = time.monotonic()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("flash.sqlite3", "gateway.sqlite3"):
+        for name in ("flash.sqlite3", "gateway.sqlite3", "nonces.sqlite3"):
             if name == "gateway.sqlite3" and self.db is not None:
                 continue
             for suffix in ("", "-wal", "-shm"):
@@ -187,6 +212,9 @@ class ScenarioRunner:
                     f"the database {redact_url(db)} already holds uploads of vehicle"
                     f" {self.scenario.config.vin}: a scenario needs a database without them"
                 )
+            if self._remotes:  # the app's end, and the vehicle key of this run only
+                self._key = vehicle_key(secrets.token_bytes(32), self.scenario.config.vin)
+                self._station = stack.enter_context(CommandStation(url, self.scenario.config.vin))
             car = self._make_car(url, stack)
             car.start()
             self._schedule(car)
@@ -226,6 +254,7 @@ class ScenarioRunner:
             observers=[self.observer],
             bus_load=s.bus_load,
             box_clock=self.box_clock,
+            command_key=self._key,
         )
         car.vehicle.apply({PRIVACY_SIGNAL: int(s.privacy)})
         if self.record_dir is not None:
@@ -255,6 +284,7 @@ class ScenarioRunner:
         call_at(start, functools.partial(self._sample_truth, car))
 
     def _act(self, car: SimulatedCar, action: ScenarioAction, _now: int) -> None:
+        self._wake_network(car)
         state = car.vehicle.state
         kind, value = action.kind, action.value
         if kind == "ignition":
@@ -280,9 +310,112 @@ class ScenarioRunner:
             state.set_low_battery()
         elif kind == "refuel":
             state.refuel(value)
+        elif kind == "remote":
+            self._send_remote(value)
+            return
         self._note("action", _describe(action))
 
+    def _send_remote(self, remote: Remote) -> None:
+        """Sign the command with the simulated clock (the gateway's) and publish it."""
+        # (_act woke the car's network: the box, tapped, wakes the car's in any case.)
+        assert self._station is not None and self._key is not None
+        now = self.scheduler.now_ms
+        self._order += 1
+        cmd = new_command(
+            self.scenario.config.vin,
+            remote.action,
+            remote.params,
+            issued_at_ms=now,
+            order=self._order,
+            validity_ms=remote.validity_ms,
+        )
+        record = RemoteRecord(
+            remote.id, remote.action, dict(remote.params), now, cmd.command_id.hex(), cmd.order
+        )
+        self.record.remotes.append(record)
+        self._by_command[cmd.command_id] = record
+        self._station.send(sign_command(cmd, self._key))  # the network wakes for it
+        self._published += 1
+        self._note("command", f"remote {remote}")
+
+    def _received(self, car: SimulatedCar) -> int:
+        """Commands the boxes took from the uplink, over every boot."""
+        link = car.box.commands
+        return self._received_before + (link.stats.received if link is not None else 0)
+
+    def _statuses_sent(self, car: SimulatedCar) -> int:
+        """Status messages the boxes published, over every boot."""
+        link = car.box.commands
+        return self._statuses_before + (link.stats.statuses if link is not None else 0)
+
+    def _wake_network(self, car: SimulatedCar) -> None:
+        """Something happens: the car's network is awake (unless a fault silences it)."""
+        self._quiet_since = None
+        if car.vehicle.silent and not self._fault_silent:
+            car.vehicle.silent = False
+
+    def _network(self, car: SimulatedCar, now: int) -> None:
+        """``network_sleep``: the ECUs stop sending once the box has slept that long, the
+        ignition off and nothing running (charging, preconditioning, horn, lights)."""
+        after = self.scenario.network_sleep_ms
+        if after is None:
+            return
+        state = car.vehicle.state
+        values = state.values
+        at_rest = (
+            car.box.running
+            and car.box.asleep
+            and not state.ignition_on
+            and not state.charging
+            and not state.preconditioning
+            and not values.get("Vehicle.Body.Horn.IsActive")
+            and not values.get("Vehicle.Body.Lights.IsFlashing")
+        )
+        if not at_rest:
+            self._wake_network(car)
+            return
+        if self._quiet_since is None:
+            self._quiet_since = now
+        if car.vehicle.silent and not self._fault_silent:
+            self._network_asleep_ms += now - self._network_checked
+        elif now - self._quiet_since >= after and not self._fault_silent:
+            car.vehicle.silent = True
+            self._network_sleeps += 1
+        self._network_checked = now
+
+    _network_checked = 0
+
+    def _deliver(self, car: SimulatedCar, end_ms: int) -> None:
+        """Let wall time pass, the car running on in small steps, until the box holds every
+        command published (bounded: a box offline gets them when it is back)."""
+        deadline = time.monotonic() + DELIVERY_S
+        while self._received(car) < self._published and self.scheduler.now_ms < end_ms:
+            uplink = car.box.uplink
+            if not car.box.running or uplink is None or not uplink.connected:
+                return
+            if time.monotonic() > deadline:
+                log.warning("a remote command took over %.0f s to reach the box", DELIVERY_S)
+                return
+            time.sleep(0.002)
+            self.scheduler.run_until(min(end_ms, self.scheduler.now_ms + DELIVERY_STEP_MS))
+
+    def _collect(self) -> None:
+        """File the status messages received so far under their commands."""
+        if self._station is None:
+            return
+        for msg in self._station.take():
+            record = self._by_command.get(msg.command_id)
+            if record is None:
+                continue
+            record.statuses.append(_status_record(msg))
+            if msg.status.done:
+                cause = f" ({msg.failure_cause.value})" if msg.failure_cause else ""
+                self.record.timeline.append(
+                    TimelineEntry(msg.at_ms, "command", f"{record.id}: {msg.status.value}{cause}")
+                )
+
     def _fault(self, car: SimulatedCar, fault: Fault, begins: bool, _now: int) -> None:
+        self._wake_network(car)
         kind = fault.kind
         if kind == "clock_jump":
             self.box_clock.offset_ms += fault.duration_ms
@@ -300,11 +433,14 @@ class ScenarioRunner:
             if begins:
                 self._evicted.update(car.box.stats.evicted)
                 self._stripped += car.box.stats.stripped_by_privacy
+                self._received_before = self._received(car)
+                self._statuses_before = self._statuses_sent(car)
                 car.power_cut()
             else:
                 car.reboot()
         elif kind == "can_silence":
-            car.vehicle.silent = begins
+            self._wake_network(car)
+            self._fault_silent = car.vehicle.silent = begins
         elif kind == "bus_off":
             self._bus_off(car, begins)
         elif kind == "gnss_loss":
@@ -344,13 +480,24 @@ class ScenarioRunner:
 
     def _drive(self, car: SimulatedCar) -> None:
         total = self.scenario.duration_ms
+        start = self.scenario.start_ms
+        end = start + total
         step = 1_000
+        # Each chunk ends where a remote command is sent, to hand it over before going on.
+        stops = sorted({start + a.at_ms for a in self._remotes})
         wall_start = time.monotonic()
         done = 0
         while done < total:
-            chunk = min(step, total - done)
-            self.scheduler.run_for(chunk)
-            done += chunk
+            now = self.scheduler.now_ms
+            while stops and stops[0] <= now:
+                stops.pop(0)
+            target = min(now + step, end, *stops[:1])
+            self.scheduler.run_until(target)
+            if self._published:
+                self._deliver(car, end)
+                self._collect()
+            self._network(car, self.scheduler.now_ms)
+            done = self.scheduler.now_ms - start
             if self.speed is not None:
                 ahead = done / 1000 / self.speed - (time.monotonic() - wall_start)
                 if ahead > 0:
@@ -367,6 +514,11 @@ class ScenarioRunner:
         self._evicted.update(car.box.stats.evicted)
         self._stripped += car.box.stats.stripped_by_privacy
         expected = core.next_seq - len(self._evicted)
+        if self._station is not None:  # the box's last statuses, before it powers off
+            if not self._station.wait_for(self._statuses_sent(car), STATUS_WAIT_S):
+                log.warning("some status messages did not arrive within %.0f s", STATUS_WAIT_S)
+            self._collect()
+            self.record.timeline.sort(key=lambda e: e.t_ms)
         self._drained = car.close(drain_timeout=DRAIN_S)
         if not self._drained:
             log.warning("the box's queue did not drain within %.0f s", DRAIN_S)
@@ -433,7 +585,25 @@ class ScenarioRunner:
             queue_drained=int(self._drained),
             seq_gaps=len(store.seq_gaps(vin)),
         )
+        if self._remotes:
+            c.update(
+                remotes_sent=self._published,
+                remotes_received=self._received(car),
+                remote_statuses=sum(len(r.statuses) for r in self.record.remotes),
+                box_sleeps=car.box.stats.sleeps,
+                box_wakes=sum(car.box.stats.wakes.values()),
+            )
+        if self.scenario.network_sleep_ms is not None:
+            c.update(
+                network_sleeps=self._network_sleeps,
+                network_asleep_s=round(self._network_asleep_ms / 1000),
+            )
         self.record.payload_digest = self.observer.digest.hexdigest()
+
+
+def _status_record(msg: StatusMessage) -> RemoteStatusRecord:
+    cause = msg.failure_cause.value if msg.failure_cause is not None else None
+    return RemoteStatusRecord(msg.at_ms, msg.status.value, cause, msg.detail)
 
 
 def _describe(action: ScenarioAction) -> str:
@@ -570,7 +740,29 @@ def _check_change(r: ScenarioRunner, p: Any, store: Store, samples: Samples) -> 
     return _within(delta, p), f"changed by {delta:+g} ({first[1]:g} -> {last[1]:g})"
 
 
+def _check_remote(r: ScenarioRunner, p: Any, store: Store, samples: Samples) -> tuple[bool, str]:
+    """The statuses of the remote named ``id``: its outcome, its cause, their sequence."""
+    record = next((x for x in r.record.remotes if x.id == p["id"]), None)
+    if record is None:
+        return False, "never sent"
+    seen = [s.status for s in record.statuses]
+    outcome = record.outcome
+    ok = True
+    if "statuses" in p:
+        ok = seen == p["statuses"]
+    if "status" in p:
+        ok = ok and outcome is not None and outcome.status == p["status"]
+    if "cause" in p:
+        ok = ok and outcome is not None and outcome.cause == p["cause"]
+    if outcome is None:
+        return False, " > ".join(seen) + " (no final status)" if seen else "no status received"
+    took = (outcome.t_ms - record.sent_ms) / 1000
+    cause = f" ({outcome.cause}: {outcome.detail})" if outcome.cause else ""
+    return ok, f"{' > '.join(seen)}{cause}, final after {took:g} s"
+
+
 _CHECKS: dict[str, _Check] = {
+    "remote": _check_remote,
     "value": _check_value,
     "change": _check_change,
     "upload": _check_upload,
