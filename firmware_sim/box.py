@@ -118,6 +118,9 @@ class Tcu:
         self._deferred: dict[Timer, int] = {}  # timers due while asleep
         self._feedback_id = -1  # the command feedback frame's id (-1: no commands)
         self._ignition_id = self.catalog.by_name("Vehicle.LowVoltageSystemState").id
+        self._charging_id = self.catalog.by_name(
+            "Vehicle.Powertrain.TractionBattery.Charging.ChargingState"
+        ).id
         self._ignition: float | int | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -224,7 +227,12 @@ class Tcu:
             return
         if self.asleep:
             self.stats.frames_asleep += 1
-            self._asleep_updates.update(updates)
+            held = self._asleep_updates
+            charging = self._charging_id
+            woken = any(sid == charging and held.get(sid) != v for sid, v in updates)
+            held.update(updates)
+            if woken and self.commands is not None:
+                self.commands.on_car_wake("charging", now_ms)  # the charge wakes the network
             return
         self._execute(self.core.on_signals(now_ms, updates))
 

@@ -266,6 +266,10 @@ class CommandLink:
         self._sync(now_ms)
         self._run(self.executor.on_feedback(counter, action, result, now_ms))
 
+    def on_car_wake(self, reason: str, now_ms: int) -> None:
+        """The car woke the box (it started charging by itself): awake at once, off budget."""
+        self._run_power(self.power.alarm(now_ms, reason))
+
     def on_ignition(self, on: bool, now_ms: int) -> None:
         """The ignition line changed."""
         self._run_power(self.power.on_ignition(on, now_ms))

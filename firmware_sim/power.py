@@ -159,12 +159,13 @@ class PowerManager:
         self._wake_at = now + self.wake_delay_ms
         return [PersistBudget(self._month, self._used), ArmTimer(self._wake_at)]
 
-    def alarm(self, now_ms: int) -> list[PowerOutput]:
-        """A time the box set for itself (a program) has come: wake at once, off budget."""
+    def alarm(self, now_ms: int, reason: str = "alarm") -> list[PowerOutput]:
+        """Wake at once, off budget: a time the box set for itself (a program) has come, or
+        the car woke the box (``reason`` ``"charging"``: the car started charging)."""
         now = self._tick(now_ms)
         out: list[PowerOutput] = []
         if self.state is not PowerState.AWAKE:
-            self._wake(out, "alarm")
+            self._wake(out, reason)
         elif not self.ignition_on:
             out.extend(self._keep_awake(now))
         return out

@@ -233,16 +233,17 @@ def test_every_action_succeeds_on_an_awake_car_and_shows_on_the_bus(make_car: An
     assert outcome(station.send("immobilize", {"activate": True})) == ("Failed", "WrongCommand")
 
 
-def test_a_delayed_charge_starts_at_its_time(make_car: Any) -> None:
-    car, station = make_car(settings=CommandSettings(stay_awake_ms=86_400_000))  # the box watches
+def test_a_delayed_charge_starts_at_its_time_and_wakes_the_box(make_car: Any) -> None:
+    car, station = make_car()
     car.vehicle.state.plug_in()
     # 00:00:02 now: a charge delayed to 00:30 UTC.
     assert outcome(station.send("charge", {"delayed_to_min": 30})) == ("Success", None)
     charging = "Vehicle.Powertrain.TractionBattery.Charging.ChargingState"
     car.run_for(25 * 60)
-    assert latest(car, charging) != 1
+    assert car.box.asleep and latest(car, charging) != 1
     car.run_for(6 * 60)
-    assert latest(car, charging) == 1  # charging since 00:30
+    assert not car.box.asleep and car.box.stats.wakes == {"charging": 1}
+    assert latest(car, charging) == 1  # charging since 00:30, and the box knows it
 
 
 def test_a_program_fires_at_its_time_in_simulated_time(make_car: Any) -> None:
