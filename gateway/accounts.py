@@ -91,8 +91,23 @@ DATA_SCOPES: Mapping[str, str] = {
     "data:collision": "Read collisions",
 }
 REMOTE_SCOPES: Mapping[str, str] = {
-    f"remote:{action}:write": f"Send {action} remote actions and read their history"
-    for action in ("door", "preconditioning", "horn", "charging", "lights", "wakeup", "navigation")
+    **{
+        f"remote:{action}:write": f"Send {action} remote actions and read their history"
+        for action in (
+            "door",
+            "preconditioning",
+            "horn",
+            "charging",
+            "lights",
+            "wakeup",
+            "navigation",
+        )
+    },
+    **{
+        f"remote:{action}:write": f"Send {action} remote actions (fleets only) and read their"
+        " history"
+        for action in ("immobilization", "stolen")
+    },
 }
 SCOPES: Mapping[str, str] = {**DATA_SCOPES, **REMOTE_SCOPES}
 """Every OAuth scope the API knows, with a one-line description."""

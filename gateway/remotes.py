@@ -13,8 +13,9 @@ A remote action (``POST .../callbacks/{cbid}/remotes``) goes through three parts
 * :class:`RemoteStatusListener` subscribes to ``tcusim/v1/+/cmd``, applies each status the
   boxes report to its remote and queues a ``remoteEvent`` notification for the remote's
   callback. Bad status messages are counted by reason (:attr:`ListenerStats.rejected`),
-  never raised. A remote that expires without a final status is closed as ``Failed``
-  (``VehicleConnectionTimeout``).
+  never raised; a box's ``replayed`` refusal of a command it already reported on (a QoS 1
+  redelivery) is counted (:attr:`ListenerStats.replay_refusals`) and ignored. A remote that
+  expires without a final status is closed as ``Failed`` (``VehicleConnectionTimeout``).
 
 The record's status starts as ``Accepted`` (the gateway took the request; the 202 answer
 says so) and follows what the box reports. Notifications carry only the box's statuses: its
@@ -46,9 +47,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from firmware_sim.config import BrokerUrl
 from firmware_sim.errors import TcuError
-from gateway.errors import BrokerError, GatewayError
+from firmware_sim.uplink import set_no_delay
+from gateway.errors import BrokerError, GatewayError, OptionError
 from gateway.ingest import broker_url as parse_broker
-from gateway.ingest import tls_context
+from gateway.ingest import share_filters, tls_context
 from gateway.monitors import ATTRIBUTE_TYPES, MonitorError, parse_attributes
 from gateway.store import Record, Store, rfc3339
 from gateway.webhooks import WebhookError, enqueue_message
@@ -550,6 +552,8 @@ class _Link:
         *,
         clean_session: bool,
         tls_ca: str | Path | None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
         on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
         subscribe: str | None = None,
     ) -> None:
@@ -564,12 +568,13 @@ class _Link:
             clean_session=clean_session,
             protocol=mqtt.MQTTv311,
         )
-        context = tls_context(self.broker, tls_ca)
+        context = tls_context(self.broker, tls_ca, tls_cert, tls_key)
         if context is not None:
             self.client.tls_set_context(context)
         if self.broker.username is not None:
             self.client.username_pw_set(self.broker.username, self.broker.password)
         self.client.reconnect_delay_set(1, 30)
+        set_no_delay(self.client)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
@@ -635,11 +640,13 @@ class RemoteDispatcher:
         publish_timeout_s: float = 5.0,
         client_id: str | None = None,
         tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
     ) -> None:
         if not 1 <= expiry_s <= MAX_EXPIRY_S:
-            raise ValueError(f"expiry_s must be 1 to {MAX_EXPIRY_S}, not {expiry_s}")
+            raise OptionError(f"expiry_s must be 1 to {MAX_EXPIRY_S}, not {expiry_s}")
         if len(master_secret) < 16:
-            raise ValueError("the master secret must be at least 16 bytes")
+            raise OptionError("the remote master secret must be at least 16 bytes")
         self.store = store
         self.master_secret = master_secret
         self.clock_ms = clock_ms
@@ -647,7 +654,14 @@ class RemoteDispatcher:
         self.publish_timeout_s = publish_timeout_s
         self._lock = threading.Lock()
         name = client_id or f"tcusim-remotes-{secrets.token_hex(4)}"
-        self._link = _Link(broker_url, name, clean_session=True, tls_ca=tls_ca)
+        self._link = _Link(
+            broker_url,
+            name,
+            clean_session=True,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+        )
 
     def __repr__(self) -> str:
         return f"<RemoteDispatcher broker={self._link.broker}>"
@@ -823,11 +837,13 @@ def notify(store: Store, record: Record, now_ms: int) -> str:
 
 @dataclass
 class ListenerStats:
-    """What the status listener did; ``rejected`` counts bad messages by reason."""
+    """What the status listener did; ``rejected`` counts bad messages by reason,
+    ``replay_refusals`` the ignored ``replayed`` refusals of commands already reported on."""
 
     received: int = 0
     applied: int = 0
     duplicates: int = 0
+    replay_refusals: int = 0
     notified: int = 0
     not_notified: Counter[str] = field(default_factory=Counter)
     expired: int = 0
@@ -850,6 +866,10 @@ class RemoteStatusListener:
 
     Its MQTT session persists (``client_id``, clean session off), so statuses sent while
     the gateway is down arrive when it comes back; a message is acknowledged once applied.
+    With ``share_group`` several gateways share the statuses (``$share/GROUP/...``), each
+    status going to one of them. A box's ``replayed`` refusal of a command it has already
+    reported on (a QoS 1 redelivery, or a replay) is counted in
+    :attr:`ListenerStats.replay_refusals` and ignored.
     :meth:`start` connects and runs a worker thread, which also closes the remotes whose
     command expired ``grace_s`` ago without a final status (every ``sweep_interval_s``).
     :meth:`handle` and :meth:`expire_due` do the same work for a caller of its own.
@@ -863,6 +883,9 @@ class RemoteStatusListener:
         clock_ms: Callable[[], int] = _wall_ms,
         client_id: str = "tcusim-gateway-remotes",
         tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        share_group: str | None = None,
         grace_s: int = DEFAULT_GRACE_S,
         sweep_interval_s: float = 5.0,
         keep_rejections: int = 100,
@@ -880,13 +903,20 @@ class RemoteStatusListener:
         from firmware_sim import downlink  # noqa: PLC0415
 
         self._vin_of_topic = downlink.vin_of_topic
+        self._refusal_reason = downlink.refusal_reason
+        subscription = downlink.CMD_FILTER
+        if share_group is not None:
+            share_filters(share_group)  # checks the group's name
+            subscription = f"$share/{share_group}/{subscription}"
         self._link = _Link(
             broker_url,
             client_id,
             clean_session=False,
             tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
             on_message=self._queue.put,
-            subscribe=downlink.CMD_FILTER,
+            subscribe=subscription,
         )
 
     def __repr__(self) -> str:
@@ -963,7 +993,9 @@ class RemoteStatusListener:
         return reason
 
     def handle(self, topic: str, payload: bytes) -> str:
-        """Apply one status message; ``"applied"``, ``"duplicate"`` or the rejection reason.
+        """Apply one status message; ``"applied"``, ``"duplicate"``, ``"replayed"`` (a
+        ``replayed`` refusal of a command the vehicle already reported on, ignored) or the
+        rejection reason.
 
         Raises only :class:`GatewayError` from the store.
         """
@@ -999,6 +1031,10 @@ class RemoteStatusListener:
             ):
                 self.stats.duplicates += 1
                 return "duplicate"
+        if self._replayed(status, record):
+            self.stats.replay_refusals += 1
+            log.info("replayed refusal of remote %s ignored: %s", record.id, status.detail[:200])
+            return "replayed"
         if record.body.get("status") in DONE_STATUSES:
             detail = f"{status.status} after {record.body.get('status')}"
             return self._reject(now, topic, "already_done", detail)
@@ -1018,6 +1054,13 @@ class RemoteStatusListener:
         self.stats.applied += 1
         self._notify(updated, now)
         return "applied"
+
+    def _replayed(self, status: _Status, record: Record) -> bool:
+        """Whether ``status`` refuses a redelivered command the vehicle already reported on."""
+        if status.status != "Failed" or self._refusal_reason(status.detail) != "replayed":
+            return False
+        history = record.body.get("history", [])
+        return any(entry.get("source") == "vehicle" for entry in history)
 
     def _notify(self, record: Record, now: int) -> None:
         why = notify(self.store, record, now)

@@ -8,11 +8,15 @@
   (port 0: a free one, see :attr:`GatewayService.base_url`);
 * the monitor engine (:class:`~gateway.monitors.MonitorEngine`), which turns new uploads
   into notifications, and the webhook sender (:class:`~gateway.webhooks.WebhookSender`);
+* with a broker and a remote master secret, the remote commands: a
+  :class:`~gateway.remotes.RemoteDispatcher` the API sends them with, and a
+  :class:`~gateway.remotes.RemoteStatusListener` that follows what the boxes report;
 * with the built-in demo accounts, the enrolment of every new VIN the database sees as a
   vehicle of the demo user and the demo fleet (an accounts file lists its vehicles itself).
 
-Tokens are signed with a secret every process of one deployment shares:
-:func:`load_or_create_secret` keeps it in a file readable by its owner only.
+Tokens are signed with a secret every process of one deployment shares, and the vehicles'
+command keys derive from another (``remote.secret``): :func:`load_or_create_secret` keeps
+each in a file readable by its owner only.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from gateway.accounts import DEMO_FLEET, DEMO_USER, Accounts, default_accounts
 from gateway.api.app import create_app
 from gateway.auth import AuthServer
 from gateway.errors import GatewayError, OptionError
-from gateway.ingest import GatewayThread
+from gateway.ingest import CLIENT_ID, GatewayThread
 from gateway.monitors import MonitorEngine
 from gateway.ratelimit import RateLimiter
+from gateway.remotes import RemoteDispatcher, RemoteStatusListener
 from gateway.store import Store, open_store
 from gateway.webhooks import WebhookSender
 
@@ -46,8 +51,12 @@ log = logging.getLogger(__name__)
 SECRET_BYTES = 32
 
 
-def load_or_create_secret(path: str | Path) -> bytes:
-    """The token-signing secret in ``path`` (hex), made (mode 0600) when the file is absent."""
+def load_or_create_secret(path: str | Path, what: str = "token secret") -> bytes:
+    """The secret in ``path`` (hex), made (mode 0600) when the file is absent.
+
+    ``what`` names the secret in the errors (``"remote master secret"``...); they never
+    show its value.
+    """
     file = Path(path)
     try:
         text = file.read_text(encoding="ascii").strip()
@@ -57,18 +66,18 @@ def load_or_create_secret(path: str | Path) -> bytes:
         try:
             fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:  # another process made it first: use theirs
-            return load_or_create_secret(file)
+            return load_or_create_secret(file, what)
         with os.fdopen(fd, "w", encoding="ascii") as out:
             out.write(text + "\n")
         return bytes.fromhex(text)
     except (OSError, UnicodeDecodeError) as exc:
-        raise OptionError(f"{file}: cannot read the token secret: {exc}") from exc
+        raise OptionError(f"{file}: cannot read the {what}: {exc}") from exc
     try:
         secret = bytes.fromhex(text)
     except ValueError:
-        raise OptionError(f"{file}: the token secret must be hexadecimal") from None
+        raise OptionError(f"{file}: the {what} must be hexadecimal") from None
     if len(secret) < 16:
-        raise OptionError(f"{file}: the token secret must be at least 16 bytes")
+        raise OptionError(f"{file}: the {what} must be at least 16 bytes")
     return secret
 
 
@@ -83,6 +92,13 @@ class GatewayService:
     the demo fleet's. ``ingest_options`` go to :class:`~gateway.ingest.Gateway` (e.g.
     ``share_group``, ``client_id``, ``tls_ca``). Use as a context manager, or
     :meth:`start` and :meth:`stop`.
+
+    With a broker and ``remote_secret`` (the master secret the vehicles' command keys derive
+    from) the service sends remote commands: :attr:`remotes` (the API's dispatcher) and
+    :attr:`remote_status` (the status listener, whose persistent MQTT session is
+    ``remote_client_id``, by default the ingest's client id and ``-remotes``; it shares the
+    statuses with the ingest's ``share_group``). Otherwise both are ``None`` and the API
+    answers 503 to a remote.
     """
 
     def __init__(
@@ -98,6 +114,8 @@ class GatewayService:
         monitor_interval_s: float = 1.0,
         webhook_interval_s: float = 1.0,
         clock_ms: Callable[[], int] = _wall_ms,
+        remote_secret: bytes | None = None,
+        remote_client_id: str | None = None,
         **ingest_options: Any,
     ) -> None:
         if not 0 <= http_port <= 65535:
@@ -131,6 +149,43 @@ class GatewayService:
         self._server: uvicorn.Server | None = None
         self.monitors: MonitorEngine | None = None
         self.webhooks: WebhookSender | None = None
+        self.remotes: RemoteDispatcher | None = None
+        self.remote_status: RemoteStatusListener | None = None
+        self._remotes_started = False
+        if broker and remote_secret is not None:
+            self._make_remotes(broker, remote_secret, remote_client_id, ingest_options)
+
+    def _make_remotes(
+        self,
+        broker: str,
+        secret: bytes,
+        client_id: str | None,
+        ingest_options: dict[str, Any],
+    ) -> None:
+        """The dispatcher (the API's ``app.state.remotes``) and the status listener."""
+        ca, cert, key = (ingest_options.get(k) for k in ("tls_ca", "tls_cert", "tls_key"))
+        session = client_id or f"{ingest_options.get('client_id', CLIENT_ID)}-remotes"
+        self.remotes = RemoteDispatcher(
+            self._api_store,
+            broker,
+            secret,
+            clock_ms=self.clock_ms,
+            client_id=f"{session}-send-{secrets.token_hex(3)}",
+            tls_ca=ca,
+            tls_cert=cert,
+            tls_key=key,
+        )
+        self.remote_status = RemoteStatusListener(
+            self._store(),
+            broker,
+            clock_ms=self.clock_ms,
+            client_id=session,
+            tls_ca=ca,
+            tls_cert=cert,
+            tls_key=key,
+            share_group=ingest_options.get("share_group"),
+        )
+        self.app.state.remotes = self.remotes
 
     def __repr__(self) -> str:
         return f"<GatewayService db={self.db!r} http={self.http_host}:{self.http_port}>"
@@ -154,6 +209,14 @@ class GatewayService:
         """Start every part; raise :class:`GatewayError` when one does not come up in time."""
         if self.ingest is not None:
             self.ingest.start(connect_timeout=timeout)
+        if self.remotes is not None and self.remote_status is not None:
+            self._remotes_started = True
+            try:
+                self.remote_status.start(timeout)
+                self.remotes.start(timeout)
+            except GatewayError:
+                self.stop()
+                raise
         config = uvicorn.Config(
             self.app,
             host=self.http_host,
@@ -208,7 +271,11 @@ class GatewayService:
             self._stop.wait(self.monitor_interval_s)
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Stop every part and close the database connections."""
+        """Stop every part and close the database connections.
+
+        The API stops first (no new remote), then the dispatcher, then the status listener
+        (which applies what it already took).
+        """
         self._stop.set()
         if self._server is not None:
             self._server.should_exit = True
@@ -217,6 +284,10 @@ class GatewayService:
         for thread in self._threads:
             thread.join(timeout)
         self._threads.clear()
+        if self._remotes_started and self.remotes is not None and self.remote_status is not None:
+            self._remotes_started = False
+            self.remotes.stop()
+            self.remote_status.stop(timeout)
         if self.webhooks is not None:
             self.webhooks.close()
         for store in self._stores:

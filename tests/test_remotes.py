@@ -419,7 +419,7 @@ def test_every_refusal_has_its_status_and_error_body(env: Env) -> None:
     assert "type" in body["message"]
     # everything right, but no broker
     body = refused(env.call("POST", ev, json=HORN), 50301)
-    assert body["message"] == "remote commands need a broker"
+    assert body["message"].startswith("remote commands are off")
     # nothing was kept
     assert env.store.records(REMOTE_KIND) == []
     # reading: an unknown remote, a malformed id
@@ -635,6 +635,40 @@ def test_bad_status_messages_are_counted_never_raised(env: Env, broker: AnyBroke
 
     event = json.loads(delivery.body)["remoteEvent"]
     assert event["eventStatus"] == {"type": "Done", "status": "Failed", "failureCause": "DoorsOpen"}
+
+
+def test_a_replayed_refusal_fails_only_a_remote_never_heard_from(
+    env: Env, broker: AnyBroker
+) -> None:
+    """A box refuses a redelivered command as replayed: news only if nothing else came."""
+    from firmware_sim.downlink import FailureCause, Refusal, encode_status  # noqa: PLC0415
+
+    cbid = env.callback(type=["Remote"])["callbackId"]
+    heard, silent = secrets.token_bytes(16), secrets.token_bytes(16)
+    _remote(env, cbid, heard.hex())
+    _remote(env, cbid, silent.hex())
+    listener = RemoteStatusListener(env.store, broker.url, clock_ms=env.clock)
+    topic = f"tcusim/v1/{EV}/cmd"
+
+    def replayed(cid: bytes, at_ms: int) -> bytes:
+        refusal = Refusal("replayed", FailureCause.WRONG_COMMAND, "nonce seen before", cid)
+        return encode_status(refusal.status(EV, at_ms))
+
+    assert listener.handle(topic, status_message(heard, "Accepted", NOW_MS)) == "applied"
+    assert listener.handle(topic, replayed(heard, NOW_MS + 1)) == "replayed"
+    record = env.store.get_record(REMOTE_KIND, heard.hex())
+    assert record is not None and record.body["status"] == "Accepted"
+    assert listener.handle(topic, status_message(heard, "Success", NOW_MS + 2)) == "applied"
+    assert listener.handle(topic, replayed(heard, NOW_MS + 3)) == "replayed"
+    assert listener.stats.replay_refusals == 2 and not listener.stats.rejected
+    # never heard from: the refusal is the vehicle's answer to it
+    assert listener.handle(topic, replayed(silent, NOW_MS + 4)) == "applied"
+    record = env.store.get_record(REMOTE_KIND, silent.hex())
+    assert record is not None
+    assert (record.body["status"], record.body["failureCause"]) == ("Failed", "WrongCommand")
+    assert record.body["detail"].startswith("replayed")
+    assert listener.stats.replay_refusals == 2 and listener.stats.applied == 3
+    assert len(env.store.deliveries(callback_id=cbid)) == 3
 
 
 def test_an_unanswered_remote_expires(env: Env, broker: AnyBroker) -> None:

@@ -17,7 +17,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,16 +26,22 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from conftest import PahoClient
 from pg import pg_database
+from test_remote_service import BoxPeer
 from test_store import VINS, uplink
 from waiting import wait_for
 
+from firmware_sim.cli import remote as remote_cli
+from firmware_sim.cli.gateway import remote_secret_file
+from firmware_sim.downlink import Command
 from firmware_sim.scenario.model import load_scenario
 from firmware_sim.scenario.runner import run_scenario
-from gateway.accounts import DEMO_FLEET, DEMO_USER
+from gateway.accounts import DEMO_FLEET, DEMO_USER, default_accounts
+from gateway.apiclient import WebhookReceiver
 from gateway.errors import OptionError
 from gateway.service import GatewayService, load_or_create_secret
-from gateway.store import SqliteStore
+from gateway.store import DEFAULT_DB_PATH, SqliteStore
 from gateway.webhooks import SIGNATURE_HEADER, verify
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +96,11 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
             yield url
 
 
-def _serve(db: str, broker_url: str, tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
+def _serve(
+    db: str, broker_url: str, tmp_path: Path, *options: str
+) -> tuple[subprocess.Popen[str], str, str]:
+    """``tcusim gateway serve`` in ``tmp_path`` (its working directory), its base URL and
+    the line it started with."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -107,9 +118,11 @@ def _serve(db: str, broker_url: str, tmp_path: Path) -> tuple[subprocess.Popen[s
             f"serve-{secrets.token_hex(3)}",
             "--secret-file",
             str(tmp_path / "token.secret"),
+            *options,
         ],
         stderr=subprocess.PIPE,
         text=True,
+        cwd=tmp_path,
     )
     assert proc.stderr is not None
     line = proc.stderr.readline()
@@ -117,7 +130,7 @@ def _serve(db: str, broker_url: str, tmp_path: Path) -> tuple[subprocess.Popen[s
     if found is None:
         proc.kill()
         pytest.fail(f"serve did not start: {line}{proc.stderr.read()}")
-    return proc, found.group(1)
+    return proc, found.group(1), line
 
 
 def _user_token(http: httpx.Client) -> str:
@@ -158,7 +171,7 @@ def _user_token(http: httpx.Client) -> str:
 def test_serve_ingests_serves_and_notifies(
     db: str, broker: Any, receiver: Receiver, tmp_path: Path
 ) -> None:
-    proc, base = _serve(db, broker.url, tmp_path)
+    proc, base, _line = _serve(db, broker.url, tmp_path)
     try:
         with httpx.Client(base_url=base, timeout=10) as http:
             token = _user_token(http)
@@ -262,3 +275,109 @@ def test_bad_options_are_clear_errors(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert result.returncode == 2 and "need --broker" in result.stderr
+
+
+def _fleet_api(base: str) -> httpx.Client:
+    """The demo fleet's app (client credentials), calling the API."""
+    with httpx.Client(base_url=base, timeout=10) as http:
+        token = http.post(
+            "/oauth2/token",
+            data={"grant_type": "client_credentials"},
+            auth=("demo-fleet-app", "demo-fleet-secret"),
+        )
+    assert token.status_code == 200, token.text
+    assert "remote:immobilization:write" in token.json()["scope"].split()
+    headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    return httpx.Client(base_url=f"{base}{API}", headers=headers, timeout=10)
+
+
+def _fleet_callback(api: httpx.Client, receiver: WebhookReceiver) -> str:
+    hook = {"webhook": {"name": "fleet", "target": receiver.url}}
+    created = api.post(f"/fleets/{DEMO_FLEET}/remote/callbacks", json={"callback": hook})
+    assert created.status_code == 202, created.text
+    cbid = str(created.json()["callbackId"])
+    receiver.secrets[cbid] = created.json()["secret"]
+    return cbid
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@pytest.mark.slow
+def test_serve_sends_remote_commands(
+    db: str,
+    broker: Any,
+    mqtt_client: Callable[..., PahoClient],
+    unique_id: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """A fleet immobilizes a vehicle: the box gets a command signed with the key derived
+    from the secret serve made (default place, mode 0600), and its statuses come back."""
+    proc, base, line = _serve(db, broker.url, tmp_path)
+    beside_db = db.startswith("sqlite")
+    secret_file = (tmp_path / "serve" if beside_db else tmp_path / "tcusim-data") / "remote.secret"
+    try:
+        assert secret_file.stat().st_mode & 0o077 == 0
+        master = bytes.fromhex(secret_file.read_text().strip())
+        box = BoxPeer(mqtt_client(broker, unique_id("box")), VIN, master, tmp_path / "n", _wall_ms)
+        vehicle = default_accounts().vehicle_by_vin(VIN)
+        assert vehicle is not None
+        with WebhookReceiver() as receiver, _fleet_api(base) as api:
+            cbid = _fleet_callback(api, receiver)
+            path = f"/fleets/{DEMO_FLEET}/vehicles/{vehicle.id}/callbacks/{cbid}/remotes"
+            answer = api.post(path, json={"immobilization": {"activate": True}})
+            assert answer.status_code == 202, answer.text
+            rid = answer.json()["remoteActionId"]
+            _raw, command = box.take()
+            assert isinstance(command, Command), command
+            assert command.command_id.hex() == rid
+            assert (command.action, dict(command.params)) == ("immobilize", {"activate": True})
+            box.report(command, "Accepted", "Success")
+
+            def succeeded() -> bool:
+                return bool(api.get(f"{path}/{rid}").json()["status"] == "Success")
+
+            assert wait_for(succeeded), api.get(f"{path}/{rid}").text
+            history = api.get(f"{path}/{rid}").json()["history"]
+            assert [h["status"] for h in history] == ["Accepted", "Accepted", "Success"]
+            assert receiver.wait(lambda got: len(got) == 2, 30), receiver.received
+            assert all(n.signed for n in receiver.received)
+            assert [n.body["remoteEvent"]["eventStatus"]["type"] for n in receiver.received] == [
+                "Pending",
+                "Done",
+            ]
+        box.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert re.search(r"remote commands keyed by \S*remote\.secret ", line), line
+    assert master.hex() not in line + err
+
+
+def test_serve_without_remotes_answers_503(broker: Any, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'serve' / 'gateway.sqlite3'}"
+    proc, base, line = _serve(db, broker.url, tmp_path, "--no-remotes")
+    try:
+        vehicle = default_accounts().vehicle_by_vin(VIN)
+        assert vehicle is not None
+        with WebhookReceiver() as receiver, _fleet_api(base) as api:
+            cbid = _fleet_callback(api, receiver)
+            path = f"/fleets/{DEMO_FLEET}/vehicles/{vehicle.id}/callbacks/{cbid}/remotes"
+            answer = api.post(path, json={"stolen": {"stolen": True}})
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["code"] == 50301
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert not (tmp_path / "serve" / "remote.secret").exists()
+    assert "remote commands" not in line
+
+
+def test_the_remote_secret_defaults_agree_with_tcusim_remote() -> None:
+    assert remote_secret_file(str(DEFAULT_DB_PATH)) == remote_cli.DEFAULT_SECRET_FILE
+    assert remote_secret_file("postgresql://u@h/db") == remote_cli.DEFAULT_SECRET_FILE
+    assert remote_secret_file("sqlite:////srv/g/gw.sqlite3") == Path("/srv/g/remote.secret")
+    assert remote_secret_file("data/gw.sqlite3") == Path("data/remote.secret")

@@ -7,7 +7,8 @@ read-only and refuses one that is not the gateway's. ``tcusim gateway ingest`` s
 the boxes publish on a broker until interrupted; with ``--share GROUP`` several of them (each
 with its own ``--client-id``) share the work as one MQTT 5 shared subscription.
 ``tcusim gateway serve`` runs the whole gateway: ingest, the connected-car Web API (OpenAPI
-at ``/connectedcar/v4/openapi.json``), the monitors and the webhook delivery.
+at ``/connectedcar/v4/openapi.json``), the monitors, the webhook delivery and, with a
+broker, the remote commands.
 
 A database is a path or a URL: ``sqlite:///relative.sqlite3``, ``sqlite:////absolute.sqlite3``,
 ``postgresql://user[:password]@host[:port]/dbname``.
@@ -28,13 +29,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from firmware_sim.cli.remote import DEFAULT_SECRET_FILE as DEFAULT_REMOTE_SECRET
+from firmware_sim.cli.remote import SECRET_FILE_NAME
 from gateway.accounts import load_accounts
 from gateway.errors import GatewayError, OptionError
 from gateway.ingest import CLIENT_ID, Gateway
 from gateway.service import GatewayService, load_or_create_secret
 from gateway.store import DEFAULT_DB_PATH, Rejection, open_store, redact_url, rfc3339
 
-__all__ = ["add_subparser", "run_ingest", "run_status"]
+__all__ = [
+    "add_subparser",
+    "default_secret_file",
+    "remote_secret_file",
+    "run_ingest",
+    "run_serve",
+    "run_status",
+]
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -141,9 +151,11 @@ def add_subparser(subparsers: Any) -> None:
         help="ingest, the connected-car Web API, monitors and webhooks, until Ctrl-C",
         description="Run the whole gateway in one process: ingest from --broker (left out: "
         "serve the API over what the database holds), the Web API on --http, the monitors "
-        "and the webhook delivery. Several processes can share one database and one "
-        "broker (--share); give them the same --secret-file so each accepts the others' "
-        "tokens.",
+        "and the webhook delivery. With --broker it also sends the API's remote commands to "
+        "the boxes, signed with keys derived from the master secret in --remote-secret-file "
+        "(--no-remotes: the API answers 503 to them). Several processes can share one "
+        "database and one broker (--share); give them the same --secret-file so each accepts "
+        "the others' tokens, and the same --remote-secret-file.",
     )
     serve.add_argument(
         "--broker", metavar="URL", help="the broker, mqtt://[user:password@]host[:port]"
@@ -170,6 +182,19 @@ def add_subparser(subparsers: Any) -> None:
         help="the token-signing secret, made when absent (default: token.secret beside a "
         "SQLite database, else tcusim-data/token.secret)",
     )
+    remotes = serve.add_mutually_exclusive_group()
+    remotes.add_argument(
+        "--remote-secret-file",
+        metavar="FILE",
+        help="the master secret of the vehicles' command keys, made when absent (default: "
+        f"{SECRET_FILE_NAME} beside a SQLite database, else {DEFAULT_REMOTE_SECRET}; "
+        "tcusim remote --secret-file reads it)",
+    )
+    remotes.add_argument(
+        "--no-remotes",
+        action="store_true",
+        help="send no remote commands (the API answers 503 to them)",
+    )
     serve.add_argument("--base-url", help="prefix of the links in answers (default: none)")
     serve.add_argument("--tls-ca", metavar="FILE", help="CA certificate(s) for mqtts://")
     serve.add_argument("--tls-cert", metavar="FILE", help="client certificate for mqtts://")
@@ -177,7 +202,8 @@ def add_subparser(subparsers: Any) -> None:
     serve.add_argument(
         "--client-id",
         default=CLIENT_ID,
-        help="MQTT client id of the persistent session (default: %(default)s)",
+        help="MQTT client id of the persistent session (default: %(default)s); the remote "
+        "commands' statuses have their own, the same followed by -remotes",
     )
     serve.add_argument("--share", metavar="GROUP", help="join the shared subscription GROUP")
     serve.set_defaults(func=run_serve)
@@ -197,20 +223,33 @@ def _host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), number
 
 
-def _default_secret_file(db: str) -> Path:
+def default_secret_file(db: str, name: str = "token.secret") -> Path:
+    """Where a secret file ``name`` is kept by default: beside a SQLite database ``db``,
+    else in the directory of the default database (``tcusim-data``)."""
     if db.startswith("postgresql://") or db.startswith("postgres://"):
-        return DEFAULT_DB_PATH.parent / "token.secret"
+        return DEFAULT_DB_PATH.parent / name
     path = db.removeprefix("sqlite://")
     path = path[1:] if db.startswith("sqlite://") else path
-    return Path(path).parent / "token.secret"
+    return Path(path).parent / name
+
+
+def remote_secret_file(db: str) -> Path:
+    """The remote master secret's default file for ``db``; with the default database it is
+    ``tcusim remote``'s default too."""
+    return default_secret_file(db, SECRET_FILE_NAME)
 
 
 def run_serve(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; 2 on an error."""
     try:
         accounts = load_accounts(args.accounts) if args.accounts else None
-        secret = load_or_create_secret(args.secret_file or _default_secret_file(args.db))
+        secret = load_or_create_secret(args.secret_file or default_secret_file(args.db))
         ingest: dict[str, Any] = {}
+        remote_secret: bytes | None = None
+        remote_file: Path | None = None
+        if args.broker and not args.no_remotes:
+            remote_file = Path(args.remote_secret_file or remote_secret_file(args.db))
+            remote_secret = load_or_create_secret(remote_file, "remote master secret")
         if args.broker:
             ingest = {
                 "client_id": args.client_id,
@@ -221,6 +260,8 @@ def run_serve(args: argparse.Namespace) -> int:
             }
         elif args.share or args.tls_ca or args.tls_cert or args.tls_key:
             raise OptionError("--share and --tls-* need --broker")
+        elif args.remote_secret_file:
+            raise OptionError("--remote-secret-file needs --broker")
         service = GatewayService(
             args.db,
             secret=secret,
@@ -229,6 +270,7 @@ def run_serve(args: argparse.Namespace) -> int:
             http_host=args.http[0],
             http_port=args.http[1],
             base_url=args.base_url,
+            remote_secret=remote_secret,
             **ingest,
         )
     except (GatewayError, OSError) as exc:
@@ -240,10 +282,11 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         service.start()
         source = f"ingesting from {service.ingest.broker_url}, " if service.ingest else ""
+        remotes = f", remote commands keyed by {remote_file}" if service.remotes else ""
         print(
             f"tcusim: {source}Web API on {service.base_url}/connectedcar/v4"
             f" (OpenAPI at /connectedcar/v4/openapi.json), database {redact_url(args.db)}"
-            " (Ctrl-C to stop)",
+            f"{remotes} (Ctrl-C to stop)",
             file=sys.stderr,
             flush=True,
         )

@@ -34,9 +34,19 @@ from paho.mqtt.enums import CallbackAPIVersion
 from firmware_sim.config import parse_broker_url
 from firmware_sim.errors import ConfigError, TcuError
 
-__all__ = ["DEFAULT_SECRET_FILE", "RemoteUsageError", "add_subparser", "parse_action", "run"]
+__all__ = [
+    "DEFAULT_SECRET_FILE",
+    "SECRET_FILE_NAME",
+    "RemoteUsageError",
+    "add_subparser",
+    "parse_action",
+    "run",
+]
 
-DEFAULT_SECRET_FILE = Path("tcusim-data") / "remote.secret"
+SECRET_FILE_NAME = "remote.secret"
+"""The master secret's file name, beside the gateway's SQLite database."""
+DEFAULT_SECRET_FILE = Path("tcusim-data") / SECRET_FILE_NAME
+"""Where ``tcusim gateway serve`` keeps it by default (beside its default database)."""
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 ACTIONS = (
     "horn",

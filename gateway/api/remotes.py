@@ -10,7 +10,8 @@ write``, ``remote:wakeup:write``; the fleet-only ``immobilization`` and ``stolen
 scope of its action: the list shows the remotes the token's scopes open.
 
 Creating answers 202 with the ``remoteActionId``; the command goes to the vehicle through
-the application's :class:`~gateway.remotes.RemoteDispatcher` (``app.state.remotes``):
+the application's :class:`~gateway.remotes.RemoteDispatcher` (``app.state.remotes``, set by
+:class:`~gateway.service.GatewayService` when it has a broker and a remote master secret):
 without one the API answers 503 detail 1, and 503 detail 2 when the broker does not take
 the command.
 """
@@ -60,7 +61,7 @@ CallbackId = Annotated[str, Path(description="The callback's id", pattern=r"^[0-
 RemoteId = Annotated[str, Path(description="The remote's id", pattern=r"^[0-9a-f]{32}$")]
 FleetId = Annotated[str, Path(description="The fleet's id", max_length=64)]
 
-NO_BROKER = "remote commands need a broker"
+REMOTES_OFF = "remote commands are off: the gateway runs without a broker or a remote secret"
 
 # -- request models (checked in depth by gateway.remotes.parse_request) --------------------------
 
@@ -398,7 +399,7 @@ def _create(request: Request, who: Principal, a: Access, cbid: str, body: BaseMo
         raise ApiError(400, f"the callback does not serve {remote.type} remotes", detail=1)
     dispatcher: RemoteDispatcher | None = getattr(request.app.state, "remotes", None)
     if dispatcher is None:
-        raise ApiError(503, NO_BROKER, detail=1)
+        raise ApiError(503, REMOTES_OFF, detail=1)
     try:
         record = dispatcher.dispatch(
             remote, vin=a.vin, owner=who.owner, client_id=who.client_id, callback=callback
