@@ -1265,13 +1265,22 @@ class MonitorEngine:
         self._forget_deleted()
         return queued
 
-    def run(self, stop_event: threading.Event, interval_s: float = 1.0) -> None:
-        """:meth:`step` every ``interval_s`` until ``stop_event`` is set (store faults logged)."""
+    def run(
+        self,
+        stop_event: threading.Event,
+        interval_s: float = 1.0,
+        on_queued: Callable[[], None] | None = None,
+    ) -> None:
+        """:meth:`step` every ``interval_s`` until ``stop_event`` is set (store faults logged);
+        ``on_queued`` is called after a step that queued notifications (a sender's wake-up)."""
         while not stop_event.is_set():
             try:
-                self.step()
+                queued = self.step()
             except GatewayError as exc:
                 log.warning("monitor evaluation round failed: %s", exc)
+            else:
+                if queued and on_queued is not None:
+                    on_queued()
             stop_event.wait(interval_s)
 
     def _monitors(self) -> dict[str, list[Record]]:

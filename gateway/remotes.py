@@ -896,6 +896,7 @@ class RemoteStatusListener:
         self.sweep_interval_s = sweep_interval_s
         self.stats = ListenerStats()
         self.rejections: deque[StatusRejection] = deque(maxlen=keep_rejections)
+        self.on_notified: Callable[[], None] | None = None  # e.g. a webhook sender's wake()
         self._queue: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -1068,6 +1069,8 @@ class RemoteStatusListener:
             self.stats.not_notified[why] += 1
         else:
             self.stats.notified += 1
+            if self.on_notified is not None:
+                self.on_notified()
 
     def expire_due(self) -> int:
         """Close as ``Failed`` (``VehicleConnectionTimeout``) the remotes past expiry + grace."""

@@ -240,7 +240,11 @@ class GatewayService:
         self.monitors = MonitorEngine(self._store(), clock_ms=self.clock_ms)
         self.webhooks = WebhookSender(self._store(), clock_ms=self.clock_ms)
         monitors, webhooks = self.monitors, self.webhooks
-        self._spawn("monitors", lambda: monitors.run(self._stop, self.monitor_interval_s))
+        if self.remote_status is not None:
+            self.remote_status.on_notified = webhooks.wake  # deliver remote events at once
+        self._spawn(
+            "monitors", lambda: monitors.run(self._stop, self.monitor_interval_s, webhooks.wake)
+        )
         self._spawn("webhooks", lambda: webhooks.run(self._stop, self.webhook_interval_s))
         if self._enrol:
             store = self._store()
@@ -277,6 +281,8 @@ class GatewayService:
         (which applies what it already took).
         """
         self._stop.set()
+        if self.webhooks is not None:
+            self.webhooks.wake()  # out of its wait at once
         if self._server is not None:
             self._server.should_exit = True
         if self.ingest is not None:
