@@ -98,7 +98,8 @@ class GatewayService:
     :attr:`remote_status` (the status listener, whose persistent MQTT session is
     ``remote_client_id``, by default the ingest's client id and ``-remotes``; it shares the
     statuses with the ingest's ``share_group``). Otherwise both are ``None`` and the API
-    answers 503 to a remote.
+    answers 503 to a remote. ``ingest=False`` leaves the uploads to another process (the
+    broker then serves the remote commands only).
     """
 
     def __init__(
@@ -116,6 +117,7 @@ class GatewayService:
         clock_ms: Callable[[], int] = _wall_ms,
         remote_secret: bytes | None = None,
         remote_client_id: str | None = None,
+        ingest: bool = True,
         **ingest_options: Any,
     ) -> None:
         if not 0 <= http_port <= 65535:
@@ -142,7 +144,9 @@ class GatewayService:
             limiter=RateLimiter(clock_ms),
             base_url=base_url,
         )
-        self.ingest = GatewayThread(self.db, broker, **ingest_options) if broker else None
+        self.ingest = (
+            GatewayThread(self.db, broker, **ingest_options) if broker and ingest else None
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._stores: list[Store] = [self._api_store]
