@@ -18,6 +18,8 @@ from typing import Any
 
 from can_dbc.catalog import default_catalog
 from can_dbc.errors import MappingError
+from can_dbc.network import CommandAction
+from firmware_sim.command_link import CommandSettings
 from firmware_sim.config import TcuConfig
 from firmware_sim.downlink import (
     MAX_VALIDITY_MS,
@@ -34,6 +36,7 @@ from firmware_sim.sim.drive import Route
 from firmware_sim.sim.physics import Energy
 
 __all__ = [
+    "BODY_ACTIONS",
     "FORMAT",
     "Action",
     "Expectation",
@@ -82,7 +85,39 @@ FAULTS = (
     "bus_off",
     "gnss_loss",
     "clock_jump",
+    "body_deaf",
+    "actuator_failure",
 )
+#: The body controller's requests by the names a scenario gives them (actuation delays,
+#: actuator failures): a remote action's name stands for every request it makes.
+BODY_ACTIONS: dict[str, tuple[CommandAction, ...]] = {
+    "wakeup": (CommandAction.WAKE_UP,),
+    "horn": (CommandAction.HORN,),
+    "lights": (CommandAction.LIGHTS,),
+    "lock": (CommandAction.LOCK,),
+    "unlock": (CommandAction.UNLOCK,),
+    "precond": (CommandAction.PRECOND_START, CommandAction.PRECOND_STOP),
+    "precond_start": (CommandAction.PRECOND_START,),
+    "precond_stop": (CommandAction.PRECOND_STOP,),
+    "charge": (
+        CommandAction.CHARGE_START,
+        CommandAction.CHARGE_STOP,
+        CommandAction.CHARGE_DEFERRED,
+    ),
+    "charge_start": (CommandAction.CHARGE_START,),
+    "charge_stop": (CommandAction.CHARGE_STOP,),
+    "charge_deferred": (CommandAction.CHARGE_DEFERRED,),
+}
+# vehicle.commands: the scenario's key -> CommandSettings' field (durations, then counts).
+_COMMAND_DURATIONS = {
+    "feedback_timeout": "feedback_timeout_ms",
+    "completion_timeout": "completion_timeout_ms",
+    "wake_timeout": "wake_timeout_ms",
+    "stay_awake": "stay_awake_ms",
+    "wake_delay": "wake_delay_ms",
+    "clock_skew": "clock_skew_ms",
+}
+_COMMAND_COUNTS = {"max_queue": 1, "monthly_wakeups": 0}  # and their least value
 TRIGGERS = {t.name.lower(): t for t in Trigger}
 REMOTE_ACTIONS = (
     "horn",
@@ -154,6 +189,8 @@ class Fault:
     kind: str  # one of FAULTS
     duration_ms: int  # for clock_jump: the step of the box's clock, + or -
     line: int | None = None
+    actions: tuple[CommandAction, ...] = ()  # actuator_failure: the requests that fail
+    reason: str = ""  # actuator_failure: why, as the body controller says
 
 
 @dataclass(frozen=True)
@@ -190,6 +227,9 @@ class Scenario:
     source: str = "<scenario>"
     speed_profile: tuple[tuple[int, float], ...] = field(default=())  # absolute (ms, km/h)
     network_sleep_ms: int | None = None  # the CAN network sleeps after the box slept this long
+    command_settings: CommandSettings | None = None  # the box's (None: its defaults)
+    command_delays_ms: Mapping[CommandAction, int] | None = None  # the car's actuation delays
+    soc_pct: float | None = None  # the traction battery's charge at the start
 
 
 # -- parsing ---------------------------------------------------------------------------------
@@ -286,10 +326,23 @@ def parse_scenario(document: Any, source: str = "<scenario>", base: Path | None 
     if not 10_000 <= duration_ms <= 7 * 86_400_000:
         raise ctx.fail(_line(top, "duration"), "duration", "must be between 10 s and 7 days")
     config, energy, privacy, bus_load = _parse_vehicle(ctx, top["vehicle"], _line(top, "vehicle"))
-    network_sleep = _parse_network_sleep(ctx, top["vehicle"])
+    vehicle = top["vehicle"]
+    network_sleep = _parse_network_sleep(ctx, vehicle)
+    settings = _parse_commands(ctx, vehicle)
+    delays = _parse_actuation(ctx, vehicle)
+    soc = _parse_soc(ctx, vehicle, energy)
     route = _parse_route(ctx, top["route"], _line(top, "route"))
     actions, profile = _parse_timeline(ctx, top.get("timeline", PosList()), duration_ms)
     faults = _parse_faults(ctx, top.get("faults", PosList()), duration_ms)
+    if not any(a.kind == "remote" for a in actions):  # no key: the box sends no request
+        why = "needs a remote action in the timeline (without one the box takes no commands)"
+        for key in ("commands", "actuation"):
+            if key in vehicle:
+                raise ctx.fail(_line(vehicle, key), f"vehicle.{key}", why)
+        for i, entry in enumerate(top.get("faults", ())):
+            for kind in ("body_deaf", "actuator_failure"):
+                if kind in entry:
+                    raise ctx.fail(_line(entry, kind), f"faults[{i}].{kind}", why)
     remotes = {a.value.id for a in actions if a.kind == "remote"}
     expectations = _parse_expectations(ctx, top.get("expect", PosList()), remotes)
     return Scenario(
@@ -308,6 +361,9 @@ def parse_scenario(document: Any, source: str = "<scenario>", base: Path | None 
         source=source,
         speed_profile=profile,
         network_sleep_ms=network_sleep,
+        command_settings=settings,
+        command_delays_ms=delays,
+        soc_pct=soc,
     )
 
 
@@ -350,6 +406,9 @@ def _parse_vehicle(ctx: _Ctx, value: Any, line: int) -> tuple[TcuConfig, Energy,
             "queue_max_entries",
             "bus_load",
             "network_sleep",
+            "commands",
+            "actuation",
+            "soc",
         },
     )
     if "vin" not in v:
@@ -385,6 +444,76 @@ def _parse_network_sleep(ctx: _Ctx, v: PosDict) -> int | None:
     if ms < 1_000:
         raise ctx.fail(_line(v, "network_sleep"), "vehicle.network_sleep", "at least 1 s")
     return ms
+
+
+def _parse_commands(ctx: _Ctx, v: PosDict) -> CommandSettings | None:
+    """``commands: {stay_awake: 3m, monthly_wakeups: 20, ...}``: the box's command settings."""
+    if "commands" not in v:
+        return None
+    field_ = "vehicle.commands"
+    d = ctx.mapping(
+        v["commands"], _line(v, "commands"), field_, set(_COMMAND_DURATIONS) | set(_COMMAND_COUNTS)
+    )
+    given: dict[str, int] = {}
+    for key, name in _COMMAND_DURATIONS.items():
+        if key in d:
+            ms = given[name] = ctx.duration(d[key], _line(d, key), f"{field_}.{key}")
+            if ms < 1 and key.endswith("timeout"):
+                raise ctx.fail(_line(d, key), f"{field_}.{key}", "at least 1 ms")
+    for key, least in _COMMAND_COUNTS.items():
+        if key in d:
+            n = d[key]
+            if isinstance(n, bool) or not isinstance(n, int) or n < least:
+                raise ctx.fail(_line(d, key), f"{field_}.{key}", f"a whole number >= {least}")
+            given[key] = n
+    try:
+        return CommandSettings(**given)
+    except ConfigError as exc:  # (what the checks above let through, if ever)
+        raise ctx.fail(d.line, field_, str(exc)) from None
+
+
+def _body_actions(ctx: _Ctx, value: Any, line: int, field_: str) -> tuple[CommandAction, ...]:
+    """One name of :data:`BODY_ACTIONS` or a list of them: the requests they stand for."""
+    names = list(value) if isinstance(value, PosList) and value else [value]
+    out: list[CommandAction] = []
+    for j, name in enumerate(names):
+        where = f"{field_}[{j}]" if isinstance(value, PosList) else field_
+        where_line = value.item_lines[j] if isinstance(value, PosList) else line
+        for action in ctx.choice(name, where_line, where, BODY_ACTIONS):
+            if action not in out:
+                out.append(action)
+    return tuple(out)
+
+
+def _parse_actuation(ctx: _Ctx, v: PosDict) -> dict[CommandAction, int] | None:
+    """``actuation: {default: 0s, lights: 2s}``: how long the car takes to act, per request."""
+    if "actuation" not in v:
+        return None
+    field_ = "vehicle.actuation"
+    d = ctx.mapping(v["actuation"], _line(v, "actuation"), field_, {"default", *BODY_ACTIONS})
+    if not d:
+        raise ctx.fail(d.line, field_, f"give default or some of {', '.join(BODY_ACTIONS)}")
+    delays: dict[CommandAction, int] = {}
+    if "default" in d:
+        ms = ctx.duration(d["default"], _line(d, "default"), f"{field_}.default")
+        delays = dict.fromkeys(CommandAction, ms)
+    # A remote action's name first, then the single requests, which override it.
+    for key in sorted((k for k in d if k != "default"), key=lambda k: len(BODY_ACTIONS[k]) == 1):
+        ms = ctx.duration(d[key], _line(d, key), f"{field_}.{key}")
+        delays.update(dict.fromkeys(BODY_ACTIONS[key], ms))
+    return delays
+
+
+def _parse_soc(ctx: _Ctx, v: PosDict, energy: Energy) -> float | None:
+    """``soc: 25``: the traction battery's charge at the start, in percent."""
+    if "soc" not in v:
+        return None
+    soc, line = v["soc"], _line(v, "soc")
+    if energy is Energy.FUEL:
+        raise ctx.fail(line, "vehicle.soc", "a fuel car has no traction battery")
+    if isinstance(soc, bool) or not isinstance(soc, int | float) or not 0 <= soc <= 100:
+        raise ctx.fail(line, "vehicle.soc", "the charge in percent (0..100)")
+    return float(soc)
 
 
 def _points(ctx: _Ctx, raw: Any, line: int, field_: str) -> list[tuple[float, float]]:
@@ -801,14 +930,23 @@ def _parse_faults(ctx: _Ctx, value: Any, duration_ms: int) -> tuple[Fault, ...]:
                 raise ctx.fail(_line(entry, kind), f"{where}.{kind}", "a jump of nothing")
             faults.append(Fault(at, kind, sign * step, _line(entry, kind)))
             continue
-        duration = ctx.duration(entry[kind], _line(entry, kind), f"{where}.{kind}")
+        actions: tuple[CommandAction, ...] = ()
+        reason = ""
+        raw, line, field_ = entry[kind], _line(entry, kind), f"{where}.{kind}"
+        if kind == "actuator_failure":  # {action: unlock | [lock, unlock], for: 1m, reason}
+            d = ctx.mapping(raw, line, field_, {"action", "for", "reason"})
+            for key in ("action", "for"):
+                if key not in d:
+                    raise ctx.fail(d.line, f"{field_}.{key}", "missing")
+            actions = _body_actions(ctx, d["action"], _line(d, "action"), f"{field_}.action")
+            reason = d.get("reason", "actuator failure")
+            if not isinstance(reason, str) or not reason.strip():
+                raise ctx.fail(_line(d, "reason"), f"{field_}.reason", "must be a non-empty text")
+            raw, line, field_ = d["for"], _line(d, "for"), f"{field_}.for"
+        duration = ctx.duration(raw, line, field_)
         if duration <= 0 or at + duration > duration_ms:
-            raise ctx.fail(
-                _line(entry, kind),
-                f"{where}.{kind}",
-                "must last more than 0 and end before the scenario does",
-            )
-        faults.append(Fault(at, kind, duration, _line(entry, kind)))
+            raise ctx.fail(line, field_, "must last more than 0 and end before the scenario does")
+        faults.append(Fault(at, kind, duration, _line(entry, kind), actions, reason.strip()))
     return tuple(sorted(faults, key=lambda f: f.at_ms))
 
 

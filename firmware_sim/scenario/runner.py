@@ -23,6 +23,7 @@ from typing import Any
 import can
 
 from can_dbc.catalog import Scope, default_catalog
+from can_dbc.network import CommandAction
 from firmware_sim.clock import SimScheduler
 from firmware_sim.core import Action, ApplyPrivacy, EnqueueUpload, JournalSamples
 from firmware_sim.downlink import StatusMessage, new_command, sign_command, vehicle_key
@@ -188,6 +189,8 @@ class ScenarioRunner:
         self._quiet_since: int | None = None  # the box asleep and the car at rest since
         self._network_asleep_ms = 0
         self._network_sleeps = 0
+        self._deaf = 0  # body_deaf faults under way
+        self._failing: Counter[CommandAction] = Counter()  # actuator_failure faults, by request
         if broker_url and any(f.kind == "broker_outage" for f in scenario.faults):
             raise ConfigError("a broker_outage fault needs the runner's own broker (no --broker)")
 
@@ -230,6 +233,9 @@ class ScenarioRunner:
         return self.record
 
     def _start_broker(self, stack: contextlib.ExitStack) -> str:
+        # Afresh like the databases: a persisted session of an earlier run in this folder
+        # (one cut short) would deliver that run's uploads and commands into this one.
+        (self.data_dir / "broker" / "mosquitto.db").unlink(missing_ok=True)
         broker = start_test_broker(self.data_dir / "broker")
         stack.callback(broker.close)
         self._broker = broker
@@ -255,8 +261,12 @@ class ScenarioRunner:
             bus_load=s.bus_load,
             box_clock=self.box_clock,
             command_key=self._key,
+            command_settings=s.command_settings,
+            command_delays_ms=s.command_delays_ms,
         )
         car.vehicle.apply({PRIVACY_SIGNAL: int(s.privacy)})
+        if s.soc_pct is not None:
+            car.vehicle.apply({SOC: s.soc_pct})
         if self.record_dir is not None:
             self.record_dir.mkdir(parents=True, exist_ok=True)
             candump = stack.enter_context(CandumpRecorder(self.record_dir / "bus.log"))
@@ -421,7 +431,11 @@ class ScenarioRunner:
             self.box_clock.offset_ms += fault.duration_ms
             self._note("fault", f"clock jump {fault.duration_ms / 1000:+g} s")
             return
-        self._note("fault", f"{kind} {'begins' if begins else 'ends'}")
+        what = kind
+        if kind == "actuator_failure":
+            names = ", ".join(a.name.lower() for a in fault.actions)
+            what += f" ({names}: {fault.reason})"
+        self._note("fault", f"{what} {'begins' if begins else 'ends'}")
         if kind == "broker_outage":
             assert self._broker is not None
             self._broker.stop() if begins else self._broker.start()
@@ -448,6 +462,26 @@ class ScenarioRunner:
                 self._gnss, car.vehicle.gnss = car.vehicle.gnss, None
             else:
                 car.vehicle.gnss = self._gnss
+        elif kind in ("body_deaf", "actuator_failure"):
+            self._body_fault(car, fault, begins)
+
+    def _body_fault(self, car: SimulatedCar, fault: Fault, begins: bool) -> None:
+        """The body controller ignores requests, or fails those of some actions (nested
+        faults of one kind hold until the last of them ends)."""
+        body = car.vehicle.body
+        if body is None:  # a network without the command frames: nothing to disturb
+            return
+        step = 1 if begins else -1
+        if fault.kind == "body_deaf":
+            self._deaf += step
+            body.deaf = self._deaf > 0
+            return
+        for action in fault.actions:
+            self._failing[action] += step
+            if self._failing[action] > 0:
+                body.failing[action] = fault.reason
+            else:
+                body.failing.pop(action, None)
 
     _gnss: Any = None
     _bus: Any = None
@@ -593,6 +627,9 @@ class ScenarioRunner:
                 box_sleeps=car.box.stats.sleeps,
                 box_wakes=sum(car.box.stats.wakes.values()),
             )
+            body = car.vehicle.body
+            if body is not None:
+                c.update(body_requests=body.stats.requests, body_ignored=body.stats.ignored)
         if self.scenario.network_sleep_ms is not None:
             c.update(
                 network_sleeps=self._network_sleeps,
