@@ -738,7 +738,8 @@ class CommandExecutor:
                 return FailureCause.DOORS_OPEN, "open: " + ",".join(open_doors)
         if request is CommandAction.PRECOND_START:
             traction = sig.get(TRACTION_SOC)
-            if traction is not None and traction < self.min_traction_soc_pct:
+            plugged = bool(sig.get(CABLE))  # on the cable, the grid pays for the cabin
+            if traction is not None and traction < self.min_traction_soc_pct and not plugged:
                 return FailureCause.NOT_POSSIBLE_DUE_TO_VEHICLE_BATTERY_LEVEL, "traction_soc"
             lv_soc = sig.get(LV_SOC)
             if lv_soc is not None and lv_soc < self.min_lv_soc_pct:

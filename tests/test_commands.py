@@ -309,6 +309,15 @@ def test_what_the_rules_leave_alone() -> None:
         assert b.seq(cid)[-1] == "Success"
 
 
+def test_a_low_traction_battery_on_the_cable_still_preconditions() -> None:
+    b = Bench()
+    sig(b, traction_soc=12.0, cable=True)  # the grid pays for the cabin
+    cid = b.submit("precond", {"immediate": True})
+    assert b.seq(cid) == ["Accepted", "SentToVehicle"]
+    b.feedback(CommandResult.DONE)
+    assert b.seq(cid)[-1] == "Success"
+
+
 def test_same_action_pending_is_refused_other_actions_queue_in_order() -> None:
     b = Bench()
     first = b.submit("horn", {"beeps": 2})
