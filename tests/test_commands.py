@@ -254,7 +254,7 @@ def test_feedback_with_our_counter_but_another_action_is_not_ours() -> None:
         ({"ignition": 2}, "horn", {"beeps": 1}, "VehicleInUse", "ignition_on"),
         ({"speed": 12.0}, "lights", {"duration_s": 5}, "VehicleInUse", "moving"),
         (
-            {"traction_soc": 12.0},
+            {"traction_soc": 12.0, "cable": False},
             "precond",
             {"immediate": True},
             "NotPossibleDueToVehicleBatteryLevel",
@@ -546,7 +546,7 @@ def test_programs_are_stored_then_fire_at_their_times_across_days() -> None:
 def test_program_start_follows_the_rules_and_is_counted_when_skipped() -> None:
     b = Bench()
     b.submit("precond", {"programs": [{"slot": 4, "enabled": True, "days": 127, "start_min": 60}]})
-    sig(b, traction_soc=5.0)
+    sig(b, traction_soc=5.0, cable=False)
     b.run_for(DAY_MS)
     assert b.frames == []
     assert b.ex.stats.programs_skipped == {"traction_soc": 1}
