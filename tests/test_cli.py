@@ -58,6 +58,17 @@ def test_demo_on_the_embedded_broker(tmp_path: Path, capsys: pytest.CaptureFixtu
     monitors = sorted(n["monitor"] for n in api["notifications"])
     assert monitors == ["left home", "over 80 km/h"]
     assert all(n["signed"] for n in api["notifications"])
+    # The app's remote commands, through the API to the car's bus and back to its webhook.
+    remotes = {r["id"]: r for r in api["remotes"]}
+    assert set(remotes) == {"unlock", "lock_door_open", "lock", "horn"}
+    assert (remotes["lock_door_open"]["status"], remotes["lock_door_open"]["failureCause"]) == (
+        "Failed",
+        "DoorsOpen",
+    )
+    for rid in ("unlock", "lock", "horn"):
+        assert remotes[rid]["statuses"] == ["Accepted", "Accepted", "SentToVehicle", "Success"]
+        assert remotes[rid]["notified"] == ["Accepted", "SentToVehicle", "Success"]
+    assert all(r["agrees"] and r["signed"] for r in remotes.values())
 
 
 def test_demo_on_mosquitto(

@@ -1,8 +1,11 @@
 """``tcusim demo``: a broker, the gateway and a car driving a scenario, with a report.
 
-The gateway runs whole (:class:`gateway.service.GatewayService`: its Web API, monitors and
-webhooks); an app signs the demo user in, subscribes a webhook with two monitors before the
-drive, and reads the car's status, trips and position through the API after it.
+The gateway runs whole (:class:`gateway.service.GatewayService`: its Web API, monitors,
+webhooks and remote commands, on the scenario's simulated clock); an app signs the demo user
+in, subscribes a webhook with two monitors before the drive, sends the scenario's remote
+commands through the API during it (unlock, a lock the open door refuses, the lock, the horn:
+the box executes them on the car's bus), and reads the car's status, trips, position and
+remotes through the API after it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import contextlib
 import dataclasses
 import json
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,7 +26,7 @@ from can_dbc.catalog import default_catalog
 from firmware_sim.core import POSITION_SIGNALS
 from firmware_sim.errors import ConfigError
 from firmware_sim.payload import Privacy
-from firmware_sim.scenario.model import Scenario, load_scenario
+from firmware_sim.scenario.model import Remote, Scenario, load_scenario
 from firmware_sim.scenario.record import RunRecord
 from firmware_sim.scenario.report import write_report
 from firmware_sim.scenario.runner import ScenarioRunner
@@ -37,7 +42,9 @@ DEMO_LOGIN = {
     "client_id": "demo-app",
     "client_secret": "demo-app-secret",
     "redirect_uri": "http://127.0.0.1:8765/callback",
-    "scopes": "data:telemetry data:position data:trip data:alert data:collision",
+    "scopes": "data:telemetry data:position data:trip data:alert data:collision"
+    " remote:door:write remote:horn:write remote:lights:write remote:wakeup:write"
+    " remote:preconditioning:write remote:charging:write",
 }
 HOME_RADIUS_KM = 2.0
 SPEEDING_KMH = 80
@@ -102,26 +109,42 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError(f"--data-dir {data_dir}: {exc.strerror or exc}") from exc
     secret = load_or_create_secret(data_dir / "token.secret")
+    remote_secret = load_or_create_secret(data_dir / "remote.secret", "remote master secret")
     with contextlib.ExitStack() as stack:
         broker_url = args.broker or stack.enter_context(EmbeddedBroker()).url
+        clock = _Clock()
         service = GatewayService(
             db,
             secret=secret,
+            broker=broker_url,
+            ingest=False,  # the scenario runner's gateway stores the uploads
             http_port=args.http_port,
             monitor_interval_s=0.2,
             webhook_interval_s=0.2,
+            clock_ms=clock,
+            remote_secret=remote_secret,
         )
+        runner = ScenarioRunner(
+            scenario,
+            data_dir=data_dir,
+            broker_url=broker_url,
+            db=str(db),
+            remote_secret=remote_secret,
+        )
+        clock.source = lambda: runner.scheduler.now_ms  # the gateway lives the drive's time
         service.start()
         stack.callback(service.stop)
         receiver = stack.enter_context(WebhookReceiver())
         app = stack.enter_context(ApiClient(service.base_url))
-        monitors = _subscribe(app, receiver, scenario)
-        runner = ScenarioRunner(scenario, data_dir=data_dir, broker_url=broker_url, db=str(db))
+        monitors, callback_id = _subscribe(app, receiver, scenario)
+        runner.send_remote = _ApiRemotes(app, scenario.config.vin, callback_id)
         record = runner.run()
         api = _read_api(app, receiver, scenario, monitors)
+        api.update(_read_remotes(app, receiver, scenario, record, callback_id))
         report = write_report(record, data_dir / "report.html")
         summary = _summary(scenario, record, broker_url, data_dir, report)
         summary["api"] = api
+        api["checks"].extend(api.pop("remote_checks"))
         summary["passed"] = record.passed and all(c["passed"] for c in api["checks"])
         if args.json:
             print(json.dumps(summary))
@@ -132,8 +155,115 @@ def run(args: argparse.Namespace) -> int:
     return 0 if summary["passed"] else 1
 
 
-def _subscribe(app: ApiClient, receiver: WebhookReceiver, scenario: Scenario) -> dict[str, str]:
-    """Sign the demo user in and watch the car: leaving home, and speeding. Monitor ids."""
+class _Clock:
+    """The gateway's clock: the wall clock until the run gives its simulated one."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], int] = lambda: time.time_ns() // 1_000_000
+
+    def __call__(self) -> int:
+        return self.source()
+
+
+#: The API's action object for a scenario's remote (box action and parameters).
+def _api_body(action: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    if action in ("lock", "unlock"):
+        return {"door": {"state": "Locked" if action == "lock" else "Unlocked"}}
+    if action == "horn":
+        return {"horn": {"state": "Activated", "beeps": int(params.get("beeps", 1))}}
+    if action == "lights":
+        return {"lights": {"on": True, "duration": f"PT{int(params.get('duration_s', 10))}S"}}
+    if action == "wakeup":
+        return {"wakeUp": {"action": "WakeUp"}}
+    if action == "precond" and set(params) == {"immediate"}:
+        return {"preconditioning": {"airConditioning": {"immediate": bool(params["immediate"])}}}
+    if action == "charge" and set(params) == {"immediate"}:
+        return {"charging": {"immediate": bool(params["immediate"])}}
+    raise ConfigError(f"the demo app cannot send a {action} remote with {dict(params)}")
+
+
+class _ApiRemotes:
+    """Sends the scenario's remotes through the Web API, as the demo user's app."""
+
+    def __init__(self, app: ApiClient, vin: str, callback_id: str) -> None:
+        self.app, self.callback_id = app, callback_id
+        self.vid = app.vehicle_id(vin)
+
+    def __call__(self, remote: Remote) -> bytes:
+        path = f"/user/vehicles/{self.vid}/callbacks/{self.callback_id}/remotes"
+        body = {"label": remote.id, **_api_body(remote.action, remote.params)}
+        made = self.app.post(path, body)
+        return bytes.fromhex(str(made["remoteActionId"]))
+
+
+def _read_remotes(
+    app: ApiClient,
+    receiver: WebhookReceiver,
+    scenario: Scenario,
+    record: RunRecord,
+    callback_id: str,
+) -> dict[str, Any]:
+    """The remotes as the API and the webhook tell them, and the checks on them."""
+    vid = app.vehicle_id(scenario.config.vin)
+    path = f"/user/vehicles/{vid}/callbacks/{callback_id}/remotes"
+    sent = {r.command_id: r for r in record.remotes}
+
+    def done(got: list[Notification]) -> set[str]:
+        return {
+            str(n.body["remoteEvent"]["remoteActionId"])
+            for n in got
+            if n.body.get("remoteEvent", {}).get("eventStatus", {}).get("type") == "Done"
+        }
+
+    receiver.wait(lambda got: set(sent) <= done(got), timeout=20)
+    rows = []
+    for rid, run in sent.items():
+        remote = app.get(f"{path}/{rid}")
+        events = [
+            n.body["remoteEvent"]["eventStatus"]
+            for n in receiver.received
+            if n.body.get("remoteEvent", {}).get("remoteActionId") == rid
+        ]
+        final: dict[str, Any] = next((e for e in events if e.get("type") == "Done"), {})
+        outcome = run.outcome
+        rows.append(
+            {
+                "id": run.id,
+                "action": run.action,
+                "status": remote.get("status"),
+                "failureCause": remote.get("failureCause"),
+                "statuses": [h["status"] for h in remote.get("history", [])],
+                "notified": [e.get("status") for e in events],
+                "signed": all(
+                    n.signed
+                    for n in receiver.received
+                    if n.body.get("remoteEvent", {}).get("remoteActionId") == rid
+                ),
+                "agrees": outcome is not None
+                and final.get("status") == remote.get("status") == outcome.status
+                and final.get("failureCause") == remote.get("failureCause") == outcome.cause,
+            }
+        )
+    checks = [
+        _check(
+            "api: every remote Done at the app as the car answered, signed",
+            bool(rows) and all(r["agrees"] and r["signed"] for r in rows),
+            ", ".join(
+                f"{r['id']} {r['status']}"
+                + (f" ({r['failureCause']})" if r["failureCause"] else "")
+                for r in rows
+            )
+            or "none sent",
+        )
+    ]
+    return {"remotes": rows, "remote_checks": checks}
+
+
+def _subscribe(
+    app: ApiClient, receiver: WebhookReceiver, scenario: Scenario
+) -> tuple[dict[str, str], str]:
+    """Sign the demo user in and watch the car: leaving home, and speeding. Monitor ids and
+    the callback's id (the remotes go through it too)."""
     app.sign_in_user(**DEMO_LOGIN)
     vid = app.vehicle_id(scenario.config.vin)
     hook = {"webhook": {"name": "demo app", "target": receiver.url}}
@@ -160,7 +290,7 @@ def _subscribe(app: ApiClient, receiver: WebhookReceiver, scenario: Scenario) ->
         body = {"label": label, "triggerParam": {"triggers": [trigger], "boolExp": trigger["name"]}}
         made = app.post(f"/user/vehicles/{vid}/callbacks/{callback['callbackId']}/monitors", body)
         ids[made["monitorId"]] = label
-    return ids
+    return ids, str(callback["callbackId"])
 
 
 def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
@@ -332,6 +462,15 @@ def _print_summary(s: dict[str, Any], record: RunRecord) -> None:
             ", ".join(
                 f"{n['monitor']} at {n['date']}{'' if n['signed'] else ' (UNSIGNED)'}"
                 for n in s["api"]["notifications"]
+            )
+            or "none",
+        ),
+        (
+            "remote commands",
+            "; ".join(
+                f"{r['id']} ({r['action']}): {' > '.join(r['statuses'][1:])}"
+                + (f" ({r['failureCause']})" if r["failureCause"] else "")
+                for r in s["api"]["remotes"]
             )
             or "none",
         ),

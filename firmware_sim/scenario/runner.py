@@ -145,6 +145,8 @@ class ScenarioRunner:
         record_dir: str | Path | None = None,
         progress: Callable[[float, float], None] | None = None,
         db: str | None = None,
+        remote_secret: bytes | None = None,
+        send_remote: Callable[[Remote], bytes] | None = None,
     ) -> None:
         """``speed`` paces simulated time (1.0 = real time); ``None`` runs as fast as it can.
 
@@ -152,6 +154,11 @@ class ScenarioRunner:
         ``db`` is the gateway's database (anything :func:`gateway.store.open_store` takes,
         ``postgresql://...`` among them); by default a new ``gateway.sqlite3`` in
         ``data_dir``. A given database must hold no upload of the scenario's vehicle yet.
+
+        ``remote_secret`` is the master secret the car's command key derives from (a random
+        one by default); ``send_remote``, when given, sends each timeline remote instead of
+        the runner (a gateway's API, which signs it with that secret) and returns its command
+        id; the runner still collects the box's statuses.
         """
         if speed is not None and speed <= 0:
             raise ConfigError("speed must be positive")
@@ -162,6 +169,8 @@ class ScenarioRunner:
         self.record_dir = Path(record_dir) if record_dir is not None else None
         self.progress = progress
         self.db = db
+        self.remote_secret = remote_secret
+        self.send_remote = send_remote
         self.scheduler = SimScheduler(scenario.start_ms)
         self.box_clock = OffsetClock(self.scheduler)
         self.record = RunRecord(
@@ -216,7 +225,8 @@ class ScenarioRunner:
                     f" {self.scenario.config.vin}: a scenario needs a database without them"
                 )
             if self._remotes:  # the app's end, and the vehicle key of this run only
-                self._key = vehicle_key(secrets.token_bytes(32), self.scenario.config.vin)
+                master = self.remote_secret or secrets.token_bytes(32)
+                self._key = vehicle_key(master, self.scenario.config.vin)
                 self._station = stack.enter_context(CommandStation(url, self.scenario.config.vin))
             car = self._make_car(url, stack)
             car.start()
@@ -330,6 +340,16 @@ class ScenarioRunner:
         # (_act woke the car's network: the box, tapped, wakes the car's in any case.)
         assert self._station is not None and self._key is not None
         now = self.scheduler.now_ms
+        if self.send_remote is not None:  # the gateway's API signs and publishes it
+            command_id = self.send_remote(remote)
+            record = RemoteRecord(
+                remote.id, remote.action, dict(remote.params), now, command_id.hex(), 0
+            )
+            self.record.remotes.append(record)
+            self._by_command[command_id] = record
+            self._published += 1
+            self._note("command", f"remote {remote} (through the gateway's API)")
+            return
         self._order += 1
         cmd = new_command(
             self.scenario.config.vin,
