@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from firmware_sim.cli import main
 from firmware_sim.scenario.model import Remote, ScenarioError, load_scenario, parse_scenario
 from firmware_sim.scenario.report import render_report
 from firmware_sim.scenario.runner import ScenarioRunner
@@ -243,4 +244,23 @@ def test_a_failed_remote_expectation_fails_the_run(tmp_path: Path, broker: objec
     ).run()
     assert [e.name for e in record.expectations if not e.passed] == [
         "remote(id=horn, status=Failed)"
+    ]
+
+
+def test_the_command_line_summary_lists_the_remotes(
+    tmp_path: Path, broker: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "remote.yaml"
+    path.write_text(RUN)
+    argv = ["scenario", "run", str(path), "--data-dir", str(tmp_path / "d")]
+    status = main([*argv, "--broker", broker.url])  # type: ignore[attr-defined]
+    out = capsys.readouterr().out
+    assert status == 0, out
+    rows = [line.split(None, 2) for line in out.splitlines() if line.strip().startswith("remote ")]
+    assert [(r[1], r[2]) for r in rows] == [
+        ("refused", "lock: Accepted > Failed (DoorsOpen)"),
+        ("lock", "unlock: Accepted > SentToVehicle > Success"),
+        ("lock_again", "lock: Accepted > SentToVehicle > Success"),
+        ("horn", "horn: Accepted > SentToVehicle > Success"),
+        ("immobilize", "immobilize: Accepted > Failed (WrongCommand)"),
     ]

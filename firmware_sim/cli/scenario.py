@@ -123,6 +123,11 @@ def print_summary(record: RunRecord) -> None:
             f"samples, {c.get('rejected', 0)} rejected",
         ),
     ]
+    for remote in record.remotes:
+        outcome = remote.outcome
+        steps = " > ".join(st.status for st in remote.statuses) or "no status"
+        cause = f" ({outcome.cause})" if outcome is not None and outcome.cause else ""
+        rows.append((f"remote {remote.id}", f"{remote.action}: {steps}{cause}"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
