@@ -29,8 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,17 +68,6 @@ def summary(values: list[float]) -> dict[str, float]:
         "max_ms": round(max(values), 2),
         "mean_ms": round(statistics.fmean(values), 2),
     }
-
-
-@contextmanager
-def mosquitto(directory: Path) -> Iterator[MosquittoBroker]:
-    """A Mosquitto with the project's settings, in ``directory``."""
-    broker = MosquittoBroker(data_dir=directory, settings=MosquittoSettings())
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.close()
 
 
 def _client(broker: MosquittoBroker, name: str) -> mqtt.Client:
@@ -230,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("this benchmark needs Mosquitto (apt-get install mosquitto)")
     with tempfile.TemporaryDirectory(prefix="tcusim-cmd-bench-") as tmp:
         work = Path(tmp)
-        with mosquitto(work / "broker") as broker:
+        with MosquittoBroker(data_dir=work / "broker", settings=MosquittoSettings()) as broker:
             bare = bare_round_trips(broker, args.rounds)
             command = command_round_trips(broker, args.rounds, work)
     result: dict[str, Any] = {
