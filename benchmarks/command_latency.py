@@ -129,10 +129,14 @@ class WallCar:
         self._thread = threading.Thread(target=self._run, name="bench-car", daemon=True)
 
     def _run(self) -> None:
-        scheduler = self.scheduler
+        # The car's ECUs run on their 10 ms tick; the box, like a real one, takes a command
+        # as it arrives (as tcusim vehicle run's loop pumps the box each turn).
+        scheduler, box = self.scheduler, self.car.box
         while not self._stop.is_set():
             scheduler.run_due()
-            time.sleep(scheduler.seconds_to_next(0.005))
+            if box.uplink is not None and box.uplink.commands_waiting:
+                box.pump()
+            time.sleep(min(scheduler.seconds_to_next(0.005), 0.001))
 
     def start(self) -> None:
         self.car.start()

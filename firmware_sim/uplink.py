@@ -430,6 +430,11 @@ class MqttUplink:
             with contextlib.suppress(OSError):
                 pair_end.send(b"0")
 
+    @property
+    def commands_waiting(self) -> bool:
+        """Whether commands arrived that :meth:`take_commands` has not taken yet."""
+        return bool(self._commands)
+
     def take_commands(self) -> list[bytes]:
         """The commands received since the last call, in arrival order."""
         taken: list[bytes] = []
