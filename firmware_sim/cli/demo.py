@@ -151,15 +151,22 @@ def run(args: argparse.Namespace) -> int:
         else:
             _print_summary(summary, record)
         if args.serve:
+            # The drive is over and its clock stands still: the API serves on the wall clock
+            # again (token lifetimes, rate limits and remote expiry need time to pass).
+            clock.source = _wall_ms
             _serve_until_interrupted(service.base_url)
     return 0 if summary["passed"] else 1
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 class _Clock:
     """The gateway's clock: the wall clock until the run gives its simulated one."""
 
     def __init__(self) -> None:
-        self.source: Callable[[], int] = lambda: time.time_ns() // 1_000_000
+        self.source: Callable[[], int] = _wall_ms
 
     def __call__(self) -> int:
         return self.source()
