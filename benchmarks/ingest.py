@@ -15,17 +15,23 @@ The subscribers:
 
 * baseline: a bare aiomqtt client (MQTT 3.1.1, persistent session, QoS 1, acknowledged on
   reception) that counts the messages and does nothing else with them;
-* the gateway (:class:`gateway.ingest.GatewayThread`) on SQLite: decoded, validated,
-  deduplicated and stored in batches, each message acknowledged after its commit;
+* the gateway (:class:`gateway.ingest.GatewayThread`, its default options but the client
+  id and ``--batch-size``) on SQLite: decoded and validated (in its decoding processes,
+  ``decode_processes``: by default one on two cores), deduplicated and stored in batches,
+  each message acknowledged after its commit; the clock includes its start-up (the
+  decoding processes start with it, and the batches that arrive before they are ready are
+  decoded in the gateway's process);
+* the same gateway with ``decode_processes=0``: everything in its one process;
 * the same gateway on PostgreSQL (``TCUSIM_BENCH_PG``, default the local server's
   ``postgresql://postgres@127.0.0.1:5432``; a throwaway database; left out without a server);
 * two ``tcusim gateway ingest --share`` processes, one MQTT 5 shared subscription, on one
   SQLite file (connected and subscribed, paused with SIGSTOP while the backlog is
   published; the clock runs from SIGCONT).
 
-The headline ``ratio`` is the gateway's uploads/s on SQLite over the baseline's. Run
-``python benchmarks/ingest.py``; the last line is JSON and is also written to
-``benchmarks/results/ingest.json``.
+The headline ``ratio`` is the gateway's uploads/s on SQLite over the baseline's
+(``--decode-processes N`` gives the gateway, and the ``--share`` processes, another number
+of decoding processes). Run ``python benchmarks/ingest.py``; the last line is JSON and is
+also written to ``benchmarks/results/ingest.json``.
 """
 
 from __future__ import annotations
@@ -155,10 +161,18 @@ def measure_bare(broker: MosquittoBroker, cars: int, uploads: int) -> float:
 
 
 def measure_gateway(
-    broker: MosquittoBroker, db: str, cars: int, uploads: int, batch_size: int
+    broker: MosquittoBroker,
+    db: str,
+    cars: int,
+    uploads: int,
+    batch_size: int,
+    *,
+    decode_processes: int | None = None,
 ) -> dict[str, Any]:
     """Uploads/s of the gateway draining the backlog into ``db``, and its batches."""
-    options = {"client_id": "bench-gateway", "batch_size": batch_size}
+    options: dict[str, Any] = {"client_id": "bench-gateway", "batch_size": batch_size}
+    if decode_processes is not None:
+        options["decode_processes"] = decode_processes
     with GatewayThread(db, broker.url, **options):
         pass  # the persistent session and its subscription
     run_publisher(broker, cars, uploads)
@@ -170,6 +184,7 @@ def measure_gateway(
             raise SystemExit(f"the gateway did not store {uploads} uploads: {gateway.stats}")
         elapsed = time.perf_counter() - start
         stats = gateway.stats
+        processes = gateway.decode_processes
     finally:
         gateway.stop()
     with open_store(db) as store:
@@ -181,6 +196,8 @@ def measure_gateway(
         "samples_per_s": round(samples / elapsed),
         "batches": stats.batches,
         "largest_batch": stats.largest_batch,
+        "decode_processes": processes,
+        "decoded_apart": stats.decoded_apart,
     }
 
 
@@ -189,7 +206,14 @@ TCUSIM = [sys.executable, "-c", "import sys; from firmware_sim.cli import main; 
 
 
 def measure_workers(
-    broker: MosquittoBroker, db: str, workers: int, *, cars: int, uploads: int, batch_size: int
+    broker: MosquittoBroker,
+    db: str,
+    workers: int,
+    *,
+    cars: int,
+    uploads: int,
+    batch_size: int,
+    decode_processes: int | None = None,
 ) -> dict[str, Any]:
     """Uploads/s of ``workers`` gateway processes sharing one subscription, into ``db``.
 
@@ -202,7 +226,10 @@ def measure_workers(
         argv = [*TCUSIM, "-v", "gateway", "ingest", "--broker", broker.url]
         argv += ["--db", db, "--client-id", f"bench-worker-{i}", "--share", "bench"]
         argv += ["--batch-size", str(batch_size)]
-        proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+        env = dict(os.environ)
+        if decode_processes is not None:  # the command line has no option for it
+            env["TCUSIM_DECODE_PROCESSES"] = str(decode_processes)
+        proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
         assert proc.stderr is not None
         for line in proc.stderr:
             if "subscribed to" in line:
@@ -266,6 +293,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--uploads", type=int, default=5000, help="uploads per measurement")
     parser.add_argument("--batch-size", type=int, default=256, help="the gateway's batch_size")
     parser.add_argument(
+        "--decode-processes",
+        type=int,
+        metavar="N",
+        help="the gateway's decode_processes (default: the gateway's own default)",
+    )
+    parser.add_argument(
         "--publish", nargs=3, metavar=("URL", "CARS", "UPLOADS"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
@@ -273,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         url, cars, uploads = args.publish
         publish(url, int(cars), int(uploads))
         return 0
-    cars, uploads = args.cars, args.uploads
+    cars, uploads, processes = args.cars, args.uploads, args.decode_processes
     sample = next(stream(cars, 1))[1]
     print(f"{uploads} uploads of {cars} cars, {len(sample)} bytes each (one minute of driving)")
     with tempfile.TemporaryDirectory(prefix="tcusim-bench-ingest-") as tmp:
@@ -283,9 +316,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_row("bare aiomqtt subscriber (baseline)", bare))
         with mosquitto(root / "sqlite") as broker:
             sqlite = measure_gateway(
-                broker, str(root / "gateway.sqlite3"), cars, uploads, args.batch_size
+                broker,
+                str(root / "gateway.sqlite3"),
+                cars,
+                uploads,
+                args.batch_size,
+                decode_processes=processes,
             )
-        print(_row("gateway into SQLite", sqlite["uploads_per_s"]))
+        label = f"gateway into SQLite ({sqlite['decode_processes']} decoding processes)"
+        print(_row(label, sqlite["uploads_per_s"]))
+        with mosquitto(root / "inprocess") as broker:
+            inprocess = measure_gateway(
+                broker,
+                str(root / "inprocess.sqlite3"),
+                cars,
+                uploads,
+                args.batch_size,
+                decode_processes=0,
+            )
+        print(_row("gateway into SQLite, decoding in-process", inprocess["uploads_per_s"]))
         with mosquitto(root / "shared") as broker:
             shared = measure_workers(
                 broker,
@@ -294,13 +343,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cars=cars,
                 uploads=uploads,
                 batch_size=args.batch_size,
+                decode_processes=processes,
             )
         print(_row("2 gateway processes (--share) into SQLite", shared["uploads_per_s"]))
         postgres: dict[str, Any] | None = None
         with pg_database() as url:
             if url is not None:
                 with mosquitto(root / "pg") as broker:
-                    postgres = measure_gateway(broker, url, cars, uploads, args.batch_size)
+                    postgres = measure_gateway(
+                        broker, url, cars, uploads, args.batch_size, decode_processes=processes
+                    )
                 print(_row("gateway into PostgreSQL", postgres["uploads_per_s"]))
     ratio = round(sqlite["uploads_per_s"] / bare, 2)
     print(f"  ratio (gateway into SQLite / baseline): {ratio}")
@@ -313,9 +365,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "bare_subscriber_uploads_per_s": round(bare),
         "gateway_sqlite": sqlite,
+        "gateway_sqlite_in_process": inprocess,
         "gateway_postgresql": postgres,
         "gateway_shared_sqlite": shared,
         "ratio": ratio,
+        "ratio_in_process": round(inprocess["uploads_per_s"] / bare, 2),
         "ratio_shared": round(shared["uploads_per_s"] / bare, 2),
     }
     if postgres is not None:

@@ -23,6 +23,11 @@ broker, never having had the PUBACK, sends the message again to the session, and
 counts it as a duplicate if it was in fact stored. As a consequence the broker's in-flight
 window (``max_inflight_messages``) bounds how many messages wait in the gateway's memory.
 
+Decoding and checking the payloads, most of the ingest's CPU, runs in ``decode_processes``
+worker processes (by default one per core but one, at most two; see
+:func:`default_decode_processes`) while the gateway's loop receives and its store thread
+writes: batches form a pipeline, still stored and acknowledged one at a time, in order.
+
 :class:`GatewayThread` runs a :class:`Gateway` in a background thread with its own loop
 for synchronous callers (the demo, the tests).
 """
@@ -34,17 +39,23 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
+import pickle
+import queue
 import ssl
+import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiomqtt
-from aiomqtt.client import MessagesIterator
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -54,14 +65,18 @@ from firmware_sim.config import BrokerUrl, parse_broker_url
 from firmware_sim.errors import ConfigError
 from gateway.errors import BrokerError, OptionError, StorageError
 from gateway.store import (
+    Checker,
     IngestResult,
     Kind,
     Message,
     Outcome,
     Store,
+    Verdict,
     in_memory,
     open_store,
+    read_frame,
     redact_url,
+    write_frame,
 )
 
 __all__ = [
@@ -73,6 +88,7 @@ __all__ = [
     "GatewayThread",
     "broker_url",
     "classify_topic",
+    "default_decode_processes",
     "presence_topic",
     "share_filters",
     "tls_context",
@@ -86,6 +102,21 @@ UPLINK_FILTER = f"{TOPIC_ROOT}/+/up"
 PRESENCE_FILTER = f"{TOPIC_ROOT}/+/presence"
 CLIENT_ID = "tcusim-gateway"
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5's session expiry interval for "never"
+MAX_DECODE_PROCESSES = 2  # what ``decode_processes=None`` takes at most
+DECODE_PROCESSES_ENV = "TCUSIM_DECODE_PROCESSES"
+
+
+def default_decode_processes() -> int:
+    """What ``Gateway(decode_processes=None)`` takes: ``$TCUSIM_DECODE_PROCESSES`` when set,
+    else one process per core but one, at most :data:`MAX_DECODE_PROCESSES` (0 on one core:
+    decode in the gateway's process)."""
+    value = os.environ.get(DECODE_PROCESSES_ENV, "").strip()
+    if value:
+        if not value.isdigit():
+            raise OptionError(f"{DECODE_PROCESSES_ENV} must be a number >= 0, not {value!r}")
+        return int(value)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min(MAX_DECODE_PROCESSES, (cores or 1) - 1))
 
 
 def uplink_topic(vin: str) -> str:
@@ -172,6 +203,7 @@ class GatewayStats:
     batches: int = 0
     largest_batch: int = 0
     acked: int = 0
+    decoded_apart: int = 0  # messages checked by a decoding process (``decode_processes``)
     queue_depth: int = 0
     max_queue_depth: int = 0
     connects: int = 0
@@ -214,8 +246,218 @@ def _enable_manual_ack(client: aiomqtt.Client) -> bool:
     return True
 
 
-def _ack(client: aiomqtt.Client, mid: int, qos: int) -> None:
-    client._client.ack(mid, qos)
+_PUBACK = 0x40
+_PUBACK_PACKET = struct.Struct("!BBH")  # PUBACK, remaining length 2, packet id
+
+
+def _ack(client: aiomqtt.Client, batch: list[aiomqtt.Message]) -> int:
+    """Acknowledge the batch's messages, in order; how many were QoS 1 or 2."""
+    paho = client._client
+    mids = [m.mid for m in batch if m.qos == 1]
+    queue_packet = getattr(paho, "_packet_queue", None)
+    if len(mids) == len(batch) and callable(queue_packet):
+        # The PUBACKs of a batch leave in one write (paho's ``ack`` writes each by itself):
+        # what paho's ``_send_puback`` queues, all at once.
+        queue_packet(_PUBACK, b"".join([_PUBACK_PACKET.pack(_PUBACK, 2, m) for m in mids]), 0, 1)
+        return len(mids)
+    acked = 0
+    for m in batch:
+        if m.qos > 0:
+            paho.ack(m.mid, m.qos)
+            acked += 1
+    return acked
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One batch on its way to the store: the received messages, what they became as
+    :class:`Message`, and the future of their verdicts from a decoding process, or the
+    verdicts when the gateway's process checked them itself."""
+
+    batch: list[aiomqtt.Message]
+    inbound: list[Message]
+    future: Future[list[Verdict]] | None = None
+    verdicts: list[Verdict] | None = None
+
+    def items(self) -> list[tuple[str, bytes, str | None, str]]:
+        """What :meth:`Checker.check_many` takes."""
+        return [(m.topic, m.payload, m.vin, m.kind.value) for m in self.inbound]
+
+
+def _import_path() -> list[str]:
+    """Where a decoding process finds its modules: this process's import path, and the
+    directories of this project's packages (``-S``: without ``site`` and its start-up cost,
+    an editable install's import hook included)."""
+    roots = []
+    for name in ("gateway", "firmware_sim", "can_dbc"):
+        module = sys.modules.get(name)
+        if module is not None and module.__file__:
+            roots.append(str(Path(module.__file__).resolve().parent.parent))
+    return [*dict.fromkeys([*roots, *sys.path])]
+
+
+def _widen(pipe: IO[bytes], size: int = 1 << 20) -> None:
+    """Let a pipe hold a whole batch (Linux; elsewhere, or beyond the system's limit, as is):
+    fewer wake-ups of the two processes per batch."""
+    try:
+        import fcntl  # noqa: PLC0415 (not on Windows)
+    except ImportError:
+        return
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux
+    if set_size is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(pipe.fileno(), set_size, size)
+
+
+# A decoding process: the import path, then :func:`gateway.store.decode_worker`.
+_DECODE_WORKER = (
+    "import sys; sys.path[:0] = sys.argv[1:]; del sys.argv[1:]; "
+    "from gateway.store import decode_worker; decode_worker()"
+)
+
+
+class _DecodePool:
+    """Processes that run a store's :class:`~gateway.store.Checker` over batches of messages.
+
+    Each is a fresh interpreter (``python -c``, never a fork: the gateway's process has
+    threads; and no re-import of the ``__main__`` script either), fed pickled batches on its
+    stdin by a thread of the gateway's that reads the verdicts back from its stdout. The
+    processes start in the background; the batches submitted meanwhile wait for them (or are
+    cancelled, see :meth:`Gateway._verdicts`). A process that dies fails its batch (checked
+    in the gateway's process then) and is started again; while none is up after a failure,
+    :meth:`submit` returns ``None`` (check the batch in the gateway's process). A process
+    exits when its stdin closes, so none outlives the gateway's process. :meth:`close` stops
+    them.
+    """
+
+    def __init__(self, processes: int, checker: Checker) -> None:
+        self.processes = processes
+        self.checker = checker
+        self.restarts = 0
+        self._jobs: queue.SimpleQueue[tuple[Future[list[Verdict]], bytes] | None] = (
+            queue.SimpleQueue()
+        )
+        self._lock = threading.Lock()
+        self._ready = 0
+        self._failing = False  # a process failed, and none has been ready since
+        self._closed = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._procs: set[subprocess.Popen[bytes]] = set()
+
+    def start(self) -> None:
+        """Start the processes (in the background: this returns at once)."""
+        for i in range(self.processes):
+            thread = threading.Thread(target=self._serve, name=f"tcusim-decode-{i}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def submit(
+        self, items: list[tuple[str, bytes, str | None, str]]
+    ) -> Future[list[Verdict]] | None:
+        """The verdicts to come of ``items``; ``None`` when the processes are failing."""
+        if self._closed.is_set() or (self._failing and not self._ready):
+            return None
+        future: Future[list[Verdict]] = Future()
+        self._jobs.put((future, pickle.dumps(items, pickle.HIGHEST_PROTOCOL)))
+        return future
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the processes; a batch not yet checked is cancelled."""
+        self._closed.set()
+        for _ in self._threads:
+            self._jobs.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:  # a process that did not exit in time
+            proc.kill()
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job[0].cancel()
+
+    def _serve(self) -> None:
+        """One process's thread: (re)start it and hand it batches until closed."""
+        delay = 0.1
+        while not self._closed.is_set():
+            started = time.monotonic()
+            try:
+                error = self._run_process()
+            except Exception as exc:  # a bug: the batches go on in the gateway's process
+                log.exception("a decoding process's thread failed")
+                error = f"{type(exc).__name__}: {exc}"
+            if self._closed.is_set():
+                return
+            self._failing = True
+            self.restarts += 1
+            if time.monotonic() - started > 60:
+                delay = 0.1
+            log.warning("a decoding process failed (%s); restarting it in %.1f s", error, delay)
+            if self._closed.wait(delay):
+                return
+            delay = min(delay * 2, 10.0)
+
+    def _run_process(self) -> str:
+        """Run one process until it fails (why) or the pool closes ("")."""
+        argv = [sys.executable, "-S", "-c", _DECODE_WORKER, *_import_path()]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        except OSError as exc:
+            return f"cannot start: {exc}"
+        assert proc.stdin is not None and proc.stdout is not None
+        for pipe in (proc.stdin, proc.stdout):
+            _widen(pipe)
+        with self._lock:
+            self._procs.add(proc)
+        ready = False
+        future: Future[list[Verdict]] | None = None
+        try:
+            write_frame(proc.stdin, pickle.dumps(self.checker, pickle.HIGHEST_PROTOCOL))
+            if read_frame(proc.stdout) is None:
+                return f"exit status {proc.wait()} before it was ready"
+            with self._lock:
+                self._ready += 1
+                self._failing = False
+            ready = True
+            while (job := self._jobs.get()) is not None:
+                future, items = job
+                if not future.set_running_or_notify_cancel():
+                    continue
+                write_frame(proc.stdin, items)
+                reply = read_frame(proc.stdout)
+                if reply is None:
+                    future.set_exception(RuntimeError("a decoding process died"))
+                    return f"exit status {proc.wait()}"
+                verdicts = pickle.loads(reply)
+                if isinstance(verdicts, str):  # the checks raised: the same will here
+                    future.set_exception(RuntimeError(verdicts))
+                else:
+                    future.set_result(verdicts)
+                future = None
+            return ""
+        except Exception as exc:  # a broken pipe, a bad frame: the batch is checked here
+            if future is not None and future.running():
+                future.set_exception(RuntimeError(f"a decoding process failed: {exc}"))
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            if ready:
+                with self._lock:
+                    self._ready -= 1
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+            try:
+                proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+            with self._lock:
+                self._procs.discard(proc)
 
 
 class Gateway:
@@ -229,6 +471,13 @@ class Gateway:
     ``share_group`` makes the gateway one member of an MQTT 5 shared subscription (see the
     module's documentation); ``session_expiry`` is then its session's expiry interval in
     seconds (by default the session never expires, as MQTT 3.1.1's persistent one).
+
+    ``decode_processes`` processes decode and check the payloads (the CPU-bound part of the
+    ingest) while the gateway's loop receives and its store thread writes, so that these
+    overlap on several cores: ``None`` (the default) takes
+    :func:`default_decode_processes`, 0 decodes in the gateway's process. They are started
+    by :meth:`run` and stopped when it returns. Each batch still commits, and is
+    acknowledged, in the order it arrived.
     """
 
     def __init__(
@@ -249,8 +498,13 @@ class Gateway:
         on_connection: Callable[[], None] | None = None,
         share_group: str | None = None,
         session_expiry: int = SESSION_NEVER_EXPIRES,
+        decode_processes: int | None = None,
     ) -> None:
         self.filters = share_filters(share_group)
+        if decode_processes is None:
+            decode_processes = default_decode_processes()
+        if decode_processes < 0:
+            raise OptionError(f"decode_processes must be 0 or more, not {decode_processes}")
         if not 0 <= session_expiry <= SESSION_NEVER_EXPIRES:
             raise OptionError(f"session_expiry must be 0 to 2**32-1 s, not {session_expiry}")
         if batch_size < 1:
@@ -277,7 +531,12 @@ class Gateway:
         self.on_connection = on_connection
         self.share_group = share_group
         self.session_expiry = session_expiry
+        self.decode_processes = decode_processes
         self.stats = GatewayStats()
+        self._pool: _DecodePool | None = None
+        # The batches handed to decoding processes and not yet stored, oldest first.
+        self._inflight: list[_Pending] = []
+        self._arrived = asyncio.Event()  # a batch was handed to the decoding processes
         self._stopping: asyncio.Event | None = None
         self._subscribed: asyncio.Event | None = None
 
@@ -304,6 +563,17 @@ class Gateway:
 
     async def run(self) -> None:
         """Connect, subscribe and ingest until :meth:`stop`; reconnect when the link drops."""
+        if self.decode_processes:
+            self._pool = _DecodePool(self.decode_processes, self.store.checker)
+            self._pool.start()
+        try:
+            await self._sessions()
+        finally:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.close()
+
+    async def _sessions(self) -> None:
         stopping, subscribed = self._events()
         delay = self.reconnect_min
         while not stopping.is_set():
@@ -392,37 +662,62 @@ class Gateway:
                         await consumer
 
     async def _consume(self, client: aiomqtt.Client, stopping: asyncio.Event) -> None:
+        """Receive batches and hand them to :meth:`_commit` (a pipeline of batches: while one
+        is stored, the next ones are received and decoded)."""
         messages = client.messages
+        # Received and not yet acknowledged batches: one being stored, one per process, and
+        # with processes one more that the gateway's process may check while it waits.
+        slots = asyncio.Semaphore(self.decode_processes + (2 if self.decode_processes else 1))
+        pending: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._inflight, self._arrived = [], asyncio.Event()
+        lost = asyncio.Event()  # the connection is gone: a failing store need not be retried
+        committer = asyncio.ensure_future(self._commit(client, pending, slots, stopping, lost))
         stop_task = asyncio.ensure_future(stopping.wait())
         try:
             while not stopping.is_set():
+                if not await _first(slots.acquire(), stop_task, committer):
+                    break
                 next_task = asyncio.ensure_future(anext(messages))
-                done, _ = await asyncio.wait(
-                    {next_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
-                )
-                if next_task not in done:
+                if not await _first(next_task, stop_task, committer):
                     # Stopping. A message taken off the queue by the cancelled read was not
                     # acknowledged: the broker will send it again.
-                    next_task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                        await next_task
+                    slots.release()
                     break
                 batch = [next_task.result()]
-                await self._fill(messages, batch)
-                await self._store(client, batch, stopping)
+                await self._fill(client, batch)
+                pending.put_nowait(self._submit(batch))
             # Store, and acknowledge, what has already arrived before leaving.
-            while len(messages):
+            while len(messages) and await _first(slots.acquire(), committer):
                 batch = []
-                await self._fill(messages, batch, wait=False)
-                if not await self._store(client, batch, stopping):
-                    break
+                await self._fill(client, batch, wait=False)
+                pending.put_nowait(self._submit(batch))
+        except aiomqtt.MqttError:
+            lost.set()  # commit what was received (its acknowledgements go nowhere)
+            pending.put_nowait(None)
+            with contextlib.suppress(Exception):
+                await committer
+            raise
         finally:
             stop_task.cancel()
+            if not committer.done():
+                pending.put_nowait(None)
+                if stopping.is_set() or lost.is_set():
+                    await committer
+                else:  # cancelled
+                    committer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await committer
+        committer.result()  # its error, if it had one
 
     async def _fill(
-        self, messages: MessagesIterator, batch: list[aiomqtt.Message], wait: bool = True
+        self, client: aiomqtt.Client, batch: list[aiomqtt.Message], wait: bool = True
     ) -> None:
         """Add what is already queued to ``batch``; wait ``batch_wait`` once if it is not full."""
+        messages = client.messages
+        # aiomqtt's queue (what its iterator reads): a queued message is taken without a
+        # task and a wait per message.
+        queue = getattr(client, "_queue", None)
+        take = queue.get_nowait if isinstance(queue, asyncio.Queue) else None
         waited = not wait or self.batch_wait <= 0
         while len(batch) < self.batch_size:
             depth = len(messages)
@@ -430,7 +725,11 @@ class Gateway:
             self.stats.max_queue_depth = max(self.stats.max_queue_depth, depth + len(batch))
             if depth:
                 # The queue is not empty: this read returns at once, nothing can be lost.
-                batch.append(await anext(messages))
+                if take is not None:
+                    room = self.batch_size - len(batch)
+                    batch.extend(take() for _ in range(min(depth, room)))
+                else:
+                    batch.append(await anext(messages))
                 continue
             if waited:
                 break
@@ -438,10 +737,8 @@ class Gateway:
             log.debug("holding %d messages, waiting %g s for more", len(batch), self.batch_wait)
             await asyncio.sleep(self.batch_wait)
 
-    async def _store(
-        self, client: aiomqtt.Client, batch: list[aiomqtt.Message], stopping: asyncio.Event
-    ) -> bool:
-        """Store a batch in one transaction (retrying while the store fails), then ack it."""
+    def _submit(self, batch: list[aiomqtt.Message]) -> _Pending:
+        """The batch as :class:`Message` s, handed to a decoding process if there is one."""
         now_ms = time.time_ns() // 1_000_000
         inbound = []
         for m in batch:
@@ -450,10 +747,90 @@ class Gateway:
             payload = m.payload if isinstance(m.payload, bytes | bytearray) else b""
             inbound.append(Message(topic, bytes(payload), now_ms, vin, kind))
         self.stats.received += len(batch)
+        pending = _Pending(batch, inbound)
+        if self._pool is not None:
+            pending.future = self._pool.submit(pending.items())
+            self._inflight.append(pending)
+            self._arrived.set()
+        return pending
+
+    async def _commit(
+        self,
+        client: aiomqtt.Client,
+        pending: asyncio.Queue[_Pending | None],
+        slots: asyncio.Semaphore,
+        stopping: asyncio.Event,
+        lost: asyncio.Event,
+    ) -> None:
+        """Store and acknowledge the pending batches in order, until ``None``."""
+        while (item := await pending.get()) is not None:
+            try:
+                if not await self._store(client, item, stopping, lost):
+                    return  # given up: the broker sends the unacknowledged messages again
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._inflight.remove(item)
+                slots.release()
+
+    async def _verdicts(self, item: _Pending) -> list[Verdict] | None:
+        """The batch's verdicts (``None``: check it with the store).
+
+        A batch no decoding process has taken yet is checked here rather than waited for;
+        while a process checks the batch, this process checks a later batch none has taken.
+        """
+        future = item.future
+        if item.verdicts is not None or future is None or future.cancel():
+            return item.verdicts
+        verdicts = asyncio.wrap_future(future)
+        try:
+            while not verdicts.done():
+                later = next(
+                    (p for p in self._inflight if p.future is not None and p.future.cancel()),
+                    None,
+                )
+                if later is not None:
+                    later.future = None
+                    check = self.store.checker.check_many
+                    later.verdicts = await asyncio.to_thread(check, later.items())
+                    continue
+                self._arrived.clear()
+                arrival = asyncio.ensure_future(self._arrived.wait())
+                waiters: set[asyncio.Future[Any]] = {verdicts, arrival}
+                try:
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    arrival.cancel()
+            result = verdicts.result()
+        except RuntimeError as exc:  # the process died, or the checks raised there
+            log.warning("a decoding process did not check a batch: %s", exc)
+            return None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not future.cancelled() or (task is not None and task.cancelling()):
+                raise
+            log.warning("a decoding process did not check a batch: the pool closed")
+            return None
+        self.stats.decoded_apart += len(result)
+        return result
+
+    async def _store(
+        self,
+        client: aiomqtt.Client,
+        pending: _Pending,
+        stopping: asyncio.Event,
+        lost: asyncio.Event,
+    ) -> bool:
+        """Store a batch in one transaction (retrying while the store fails), then ack it."""
+        batch, inbound = pending.batch, pending.inbound
+        verdicts = await self._verdicts(pending)
+        if verdicts is None:
+            ingest = partial(self.store.ingest_many, inbound)
+        else:
+            ingest = partial(self.store.ingest_checked, inbound, verdicts)
         delay = self.reconnect_min
         while True:
             try:
-                results = await asyncio.to_thread(self.store.ingest_many, inbound)
+                results = await asyncio.to_thread(ingest)
                 break
             except StorageError as exc:
                 # Nothing of the batch is stored nor acknowledged: try again, never drop.
@@ -461,21 +838,30 @@ class Gateway:
                 self.stats.store_errors += 1
                 self.stats.last_error = str(exc)
                 log.error("cannot store a batch of %d messages: %s", len(batch), exc)
-                if stopping.is_set():
+                if stopping.is_set() or lost.is_set():
                     return False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.reconnect_max)
         if self.stats.manual_ack:
-            for m in batch:
-                if m.qos > 0:
-                    _ack(client, m.mid, m.qos)
-                    self.stats.acked += 1
+            self.stats.acked += _ack(client, batch)
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         self.stats.count(results)
         if self.on_commit is not None:
             self.on_commit(results)
         return True
+
+
+async def _first(awaitable: Any, *others: asyncio.Future[Any]) -> bool:
+    """Whether ``awaitable`` finished before any of ``others`` (else it is cancelled)."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({task, *others}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+        await task
+    return False
 
 
 class GatewayThread:
@@ -511,6 +897,14 @@ class GatewayThread:
     def client_id(self) -> str:
         """The MQTT client id of the gateway's persistent session."""
         return str(self._options.get("client_id", CLIENT_ID))
+
+    @property
+    def decode_processes(self) -> int:
+        """How many decoding processes the gateway runs (see :class:`Gateway`)."""
+        if self._gateway is not None:
+            return self._gateway.decode_processes
+        value = self._options.get("decode_processes")
+        return default_decode_processes() if value is None else int(value)
 
     @property
     def running(self) -> bool:

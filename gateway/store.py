@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import enum
 import json
+import pickle
 import re
+import signal
 import sqlite3
 import struct
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -38,17 +41,20 @@ from itertools import repeat
 from operator import add, le, mul, truediv
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, Self
 from urllib.parse import urlsplit, urlunsplit
 
-from can_dbc.catalog import Catalog, Scope, default_catalog
 from firmware_sim.errors import PayloadError
 from firmware_sim.payload import Privacy, UplinkColumns, decode_uplink_columns, unpack_series
 from gateway.errors import StorageError
 
+if TYPE_CHECKING:  # the catalog module (and YAML) are imported when a store is made
+    from can_dbc.catalog import Catalog
+
 __all__ = [
     "DEFAULT_DB_PATH",
     "MIGRATIONS",
+    "Checker",
     "Delivery",
     "DeliveryState",
     "IngestResult",
@@ -61,13 +67,18 @@ __all__ = [
     "Rejection",
     "SqliteStore",
     "Store",
+    "Upload",
     "Value",
     "Vehicle",
+    "Verdict",
+    "decode_worker",
     "in_memory",
     "open_store",
+    "read_frame",
     "redact_url",
     "rfc3339",
     "sample_value",
+    "write_frame",
 ]
 
 DEFAULT_DB_PATH = Path("tcusim-data") / "gateway.sqlite3"
@@ -440,7 +451,7 @@ class _State:
     """The last-known state of one vehicle: per signal the time of its latest sample and the
     sequence number of the payload whose series ends with it."""
 
-    __slots__ = ("seqs", "times")
+    __slots__ = ("latest", "seqs", "times")
 
     def __init__(self, blob: bytes | None = None) -> None:
         self.times: dict[int, int] = {}
@@ -451,20 +462,26 @@ class _State:
             sids = ints[:k]
             self.times = dict(zip(sids, ints[k : 2 * k], strict=True))
             self.seqs = dict(zip(sids, ints[2 * k :], strict=True))
+        self.latest = max(self.times.values(), default=INT64_MIN)  # the latest time of all
 
     def merge(self, seq: int, sids: Sequence[int], times: Sequence[int]) -> None:
         """Take the series of payload ``seq``, arrived after everything merged so far, ending
         at ``times``: a signal's state is the sample with the latest time, on a tie the later
         arrival's."""
+        if not times:
+            return
         known = self.times
-        if all(map(le, map(known.get, sids, repeat(INT64_MIN)), times)):
+        if min(times) >= self.latest or all(
+            map(le, map(known.get, sids, repeat(INT64_MIN)), times)
+        ):
             known.update(zip(sids, times, strict=True))
             self.seqs.update(zip(sids, repeat(seq)))
-            return
-        for sid, t in zip(sids, times, strict=True):
-            if t >= known.get(sid, INT64_MIN):
-                known[sid] = t
-                self.seqs[sid] = seq
+        else:
+            for sid, t in zip(sids, times, strict=True):
+                if t >= known.get(sid, INT64_MIN):
+                    known[sid] = t
+                    self.seqs[sid] = seq
+        self.latest = max(self.latest, *times)
 
     def blob(self) -> bytes:
         times = self.times
@@ -521,6 +538,164 @@ PAYLOAD_COLUMNS = (
 REJECTED_COLUMNS = ("received_at_ms", "topic", "vin", "reason", "detail", "raw")
 
 
+class Upload(NamedTuple):
+    """What the write transaction needs of a decoded and checked upload.
+
+    ``last_times`` are the absolute times (ms) of each series' last sample, in the order
+    of ``signal_ids``.
+    """
+
+    vin: str
+    seq: int
+    boot: int
+    trigger: int
+    privacy: int
+    base_time_ms: int
+    n_samples: int
+    evicted: int
+    packed: bytes
+    signal_ids: tuple[int, ...]
+    last_times: list[int]
+
+
+# What :meth:`Checker.check` decides of one message: ``(reason, detail, seq, upload,
+# presence)``; a reason, or neither an upload nor a presence, is a rejection.
+Verdict = tuple[str, str, int | None, Upload | None, tuple[str | None, int | None] | None]
+
+
+def _upload(columns: UplinkColumns) -> Upload:
+    return Upload(
+        columns.vin,
+        columns.seq,
+        columns.boot,
+        int(columns.trigger),
+        int(columns.privacy),
+        columns.base_time_ms,
+        columns.n_samples,
+        columns.evicted,
+        columns.packed,
+        columns.signal_ids,
+        _last_samples(columns)[2],
+    )
+
+
+class Checker:
+    """The checks of inbound messages that need no database, against a catalog's signals.
+
+    Picklable, and cheap to pickle: a gateway may run it in worker processes
+    (:meth:`check_many` takes and gives plain data) and hand the verdicts to
+    :meth:`Store.ingest_checked`.
+    """
+
+    __slots__ = ("known_signals", "position_signals")
+
+    def __init__(self, known_signals: frozenset[int], position_signals: frozenset[int]) -> None:
+        self.known_signals = known_signals
+        self.position_signals = position_signals
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Checker, (self.known_signals, self.position_signals)
+
+    def check_many(self, items: Iterable[tuple[str, bytes, str | None, str]]) -> list[Verdict]:
+        """The verdicts of ``(topic, payload, topic_vin, kind)`` items, in order."""
+        check = self.check
+        return [check(topic, payload, vin, Kind(kind)) for topic, payload, vin, kind in items]
+
+    def check(self, topic: str, payload: bytes, vin: str | None, kind: Kind) -> Verdict:
+        """Everything that decides a message's fate without the database."""
+        try:
+            return self._check(topic, payload, vin, kind)
+        except (ArithmeticError, ValueError, TypeError) as exc:
+            return ("unstorable", f"{type(exc).__name__}: {exc}", None, None, None)
+
+    def _check(self, topic: str, payload: bytes, vin: str | None, kind: Kind) -> Verdict:
+        if vin is None or not vin or kind is Kind.UNKNOWN:
+            return ("bad_topic", f"not a tcusim/v1 topic: {topic!r}", None, None, None)
+        if kind is Kind.PRESENCE:
+            try:
+                return ("", "", None, None, _parse_presence(bytes(payload)))
+            except PayloadError as exc:
+                return (exc.reason, exc.detail, None, None, None)
+        try:
+            uplink = decode_uplink_columns(bytes(payload))
+        except PayloadError as exc:
+            return (exc.reason, exc.detail, None, None, None)
+        if uplink.vin != vin:
+            detail = f"payload VIN {uplink.vin!r} on a topic of {vin!r}"
+            return ("vin_mismatch", detail, None, None, None)
+        seq = uplink.seq
+        unknown = sorted(set(uplink.signal_ids) - self.known_signals)
+        if unknown:
+            detail = f"signal ids {', '.join(map(str, unknown))}"
+            return ("unknown_signal", detail, seq, None, None)
+        forbidden = self._privacy_violation(uplink)
+        if forbidden:
+            return ("privacy_violation", forbidden, seq, None, None)
+        too_big = _out_of_int64(uplink)
+        if too_big:
+            return ("out_of_range", too_big, seq, None, None)
+        return ("", "", seq, _upload(uplink), None)
+
+    def _privacy_violation(self, uplink: UplinkColumns) -> str:
+        """What the payload carries that its own privacy setting forbids ("" when nothing)."""
+        if uplink.privacy is Privacy.NONE:
+            return ""
+        ids = set(uplink.signal_ids)
+        if uplink.privacy is Privacy.FULL and ids:
+            return f"privacy Full allows no data, the payload has {_ids(ids)}"
+        located = ids & self.position_signals
+        if uplink.privacy is Privacy.GEOLOCATION and located:
+            return f"privacy Geolocation allows no position, the payload has {_ids(located)}"
+        return ""
+
+
+# The frames between a gateway and its decoding processes: a length (u64), then the bytes.
+_FRAME = struct.Struct("<Q")
+
+
+def read_frame(stream: IO[bytes]) -> bytes | None:
+    """One length-prefixed frame; ``None`` at the end of the stream."""
+    head = stream.read(_FRAME.size)
+    if len(head) < _FRAME.size:
+        return None
+    (size,) = _FRAME.unpack(head)
+    body = stream.read(size)
+    return body if len(body) == size else None
+
+
+def write_frame(stream: IO[bytes], data: bytes) -> None:
+    """Write one length-prefixed frame and flush it."""
+    stream.write(_FRAME.pack(len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def decode_worker() -> None:
+    """The loop of a gateway's decoding process (``Gateway(decode_processes=...)``).
+
+    It reads a pickled :class:`Checker` from stdin, then batches of pickled
+    ``(topic, payload, topic_vin, kind)`` items, and answers each on stdout with its
+    verdicts (a string if the checks raised), until stdin closes.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the gateway's to handle
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # the pipe is for the verdicts alone
+    first = read_frame(stdin)
+    if first is None:
+        return
+    checker = pickle.loads(first)
+    if not isinstance(checker, Checker):
+        raise SystemExit("tcusim decode worker: expected a Checker")
+    write_frame(stdout, b"ready")
+    while (frame := read_frame(stdin)) is not None:
+        reply: object
+        try:
+            reply = checker.check_many(pickle.loads(frame))
+        except Exception as exc:
+            reply = f"{type(exc).__name__}: {exc}"
+        write_frame(stdout, pickle.dumps(reply, pickle.HIGHEST_PROTOCOL))
+
+
 @dataclass(slots=True)
 class _Checked:
     """One message after the checks that need no database: a rejection, presence or upload."""
@@ -529,7 +704,7 @@ class _Checked:
     reason: str = ""  # set: rejected with this reason
     detail: str = ""
     seq: int | None = None
-    uplink: UplinkColumns | None = None
+    uplink: Upload | None = None
     presence: tuple[str | None, int | None] | None = None
 
 
@@ -564,10 +739,14 @@ class Store(ABC):
 
     def _setup(self, catalog: Catalog | None) -> None:
         """Take the catalog and build the statements of this dialect (once per store)."""
+        # Here rather than at the top: a decoding process imports this module, not a catalog.
+        from can_dbc.catalog import Scope, default_catalog  # noqa: PLC0415
+
         self._catalog = catalog or default_catalog()
         self._known_signals = frozenset(s.id for s in self._catalog.signals)
-        self._position_signals = frozenset(
-            s.id for s in self._catalog.signals if s.scope is Scope.POSITION
+        self._checker = Checker(
+            self._known_signals,
+            frozenset(s.id for s in self._catalog.signals if s.scope is Scope.POSITION),
         )
         self._duplicate_sql = self._duplicate_statement()
         self._uplink_vehicle_sql = self._uplink_vehicle_statement()
@@ -717,6 +896,11 @@ class Store(ABC):
         message = Message(topic, raw, received_at_ms, topic_vin, Kind.PRESENCE)
         return self.ingest_many([message])[0]
 
+    @property
+    def checker(self) -> Checker:
+        """The checks :meth:`ingest_many` runs before its transaction (:meth:`ingest_checked`)."""
+        return self._checker
+
     def ingest_many(self, messages: Iterable[Message]) -> list[IngestResult]:
         """Ingest messages in one transaction; one result per message, in order.
 
@@ -726,7 +910,23 @@ class Store(ABC):
         the database can hold, the batch is retried message by message, each behind its own
         savepoint, and that message alone becomes an ``unstorable`` rejection.
         """
-        checked = [self._check(m) for m in messages]
+        messages = list(messages)
+        check = self._checker.check
+        return self.ingest_checked(
+            messages, [check(m.topic, m.payload, m.vin, m.kind) for m in messages]
+        )
+
+    def ingest_checked(
+        self, messages: Sequence[Message], verdicts: Sequence[Verdict]
+    ) -> list[IngestResult]:
+        """:meth:`ingest_many` of messages whose :attr:`checker` verdicts are given, in order.
+
+        The verdicts must be this store's checker's (or an equal one's) for these messages:
+        what a gateway's decoding processes computed.
+        """
+        if len(messages) != len(verdicts):
+            raise ValueError(f"{len(messages)} messages and {len(verdicts)} verdicts")
+        checked = [_Checked(m, *v) for m, v in zip(messages, verdicts, strict=True)]
         if not checked:
             return []
         if self.read_only:
@@ -752,56 +952,8 @@ class Store(ABC):
         self._tx_rows(tx, "RELEASE SAVEPOINT message")
         return result
 
-    def _check(self, m: Message) -> _Checked:
-        """Everything that decides a message's fate without the database."""
-        try:
-            return self._check_message(m)
-        except (ArithmeticError, ValueError, TypeError) as exc:
-            return _Checked(m, "unstorable", f"{type(exc).__name__}: {exc}")
-
-    def _check_message(self, m: Message) -> _Checked:
-        if m.vin is None or not m.vin or m.kind is Kind.UNKNOWN:
-            return _Checked(m, "bad_topic", f"not a tcusim/v1 topic: {m.topic!r}")
-        if m.kind is Kind.PRESENCE:
-            try:
-                return _Checked(m, presence=_parse_presence(bytes(m.payload)))
-            except PayloadError as exc:
-                return _Checked(m, exc.reason, exc.detail)
-        try:
-            uplink = decode_uplink_columns(bytes(m.payload))
-        except PayloadError as exc:
-            return _Checked(m, exc.reason, exc.detail)
-        if uplink.vin != m.vin:
-            detail = f"payload VIN {uplink.vin!r} on a topic of {m.vin!r}"
-            return _Checked(m, "vin_mismatch", detail)
-        seq = uplink.seq
-        unknown = sorted(set(uplink.signal_ids) - self._known_signals)
-        if unknown:
-            return _Checked(m, "unknown_signal", f"signal ids {', '.join(map(str, unknown))}", seq)
-        forbidden = self._privacy_violation(uplink)
-        if forbidden:
-            return _Checked(m, "privacy_violation", forbidden, seq)
-        too_big = _out_of_int64(uplink)
-        if too_big:
-            return _Checked(m, "out_of_range", too_big, seq)
-        return _Checked(m, seq=seq, uplink=uplink)
-
-    def _privacy_violation(self, uplink: UplinkColumns) -> str:
-        """What the payload carries that its own privacy setting forbids ("" when nothing)."""
-        if uplink.privacy is Privacy.NONE:
-            return ""
-        ids = set(uplink.signal_ids)
-        if uplink.privacy is Privacy.FULL and ids:
-            return f"privacy Full allows no data, the payload has {_ids(ids)}"
-        located = ids & self._position_signals
-        if uplink.privacy is Privacy.GEOLOCATION and located:
-            return f"privacy Geolocation allows no position, the payload has {_ids(located)}"
-        return ""
-
     @staticmethod
-    def _conflict(
-        uplink: UplinkColumns, boot: int, base_time_ms: int, privacy: int
-    ) -> tuple[str, str]:
+    def _conflict(uplink: Upload, boot: int, base_time_ms: int, privacy: int) -> tuple[str, str]:
         """``(reason, detail)`` for a payload whose sequence number is stored with other bytes.
 
         A box with its flash fixes an upload's bytes when it packs it and rewrites a queued
@@ -812,7 +964,7 @@ class Store(ABC):
         (``box_reset``).
         """
         seq = uplink.seq
-        same_upload = uplink.base_time_ms == base_time_ms or int(uplink.privacy) > privacy
+        same_upload = uplink.base_time_ms == base_time_ms or uplink.privacy > privacy
         if uplink.boot == boot and same_upload:
             return "seq_conflict", f"sequence number {seq} already stored with other content"
         return "box_reset", (
@@ -859,7 +1011,7 @@ class Store(ABC):
             raw = bytes(m.payload)
             stored = known.get(key)
             if stored is None:
-                known[key] = (raw, uplink.boot, uplink.base_time_ms, int(uplink.privacy))
+                known[key] = (raw, uplink.boot, uplink.base_time_ms, uplink.privacy)
                 self._accept(batch, m, uplink, raw)
             elif stored[0] == raw:
                 batch.vehicles.append((self._duplicate_sql, (m.received_at_ms, m.vin)))
@@ -882,17 +1034,18 @@ class Store(ABC):
         batch.vehicles.append((self._presence_sql, params))
         batch.results.append(IngestResult(Outcome.PRESENCE, m.vin, detail=state or ""))
 
-    def _accept(self, batch: _Batch, m: Message, uplink: UplinkColumns, raw: bytes) -> None:
+    def _accept(self, batch: _Batch, m: Message, uplink: Upload, raw: bytes) -> None:
         n_samples = uplink.n_samples
         if n_samples:
-            batch.states.setdefault(uplink.vin, []).append(_last_samples(uplink))
+            last = (uplink.seq, uplink.signal_ids, uplink.last_times)
+            batch.states.setdefault(uplink.vin, []).append(last)
         batch.payloads.append(
             (
                 uplink.vin,
                 uplink.seq,
                 uplink.boot,
-                int(uplink.trigger),
-                int(uplink.privacy),
+                uplink.trigger,
+                uplink.privacy,
                 uplink.base_time_ms,
                 m.received_at_ms,
                 n_samples,
