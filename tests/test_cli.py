@@ -184,3 +184,24 @@ def test_a_data_dir_that_is_a_file_is_one_clear_line(
     assert status == 2
     assert err.startswith("tcusim: error:") and "Not a directory" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["gateway", "serve", "--decode-processes", "1"], "need --broker"),
+        (
+            ["gateway", "ingest", "--broker", "mqtt://127.0.0.1:1", "--decode-processes", "-1"],
+            "must be at least 0",
+        ),
+    ],
+)
+def test_decode_processes_is_checked(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        status = main([*argv, "--db", str(tmp_path / "g.sqlite3")])
+    except SystemExit as exc:
+        status = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert status == 2 and message in err and "Traceback" not in err

@@ -132,6 +132,12 @@ def add_subparser(subparsers: Any) -> None:
         " gateway of the group (each with its own --client-id)",
     )
     ingest.add_argument(
+        "--decode-processes",
+        type=_int_at_least(0),
+        help="processes that decode and check the payloads beside the receiving one (0: "
+        "decode in it; default: one per core but one, at most 2, or $TCUSIM_DECODE_PROCESSES)",
+    )
+    ingest.add_argument(
         "--batch-size",
         type=_int_at_least(1),
         default=256,
@@ -206,6 +212,11 @@ def add_subparser(subparsers: Any) -> None:
         "commands' statuses have their own, the same followed by -remotes",
     )
     serve.add_argument("--share", metavar="GROUP", help="join the shared subscription GROUP")
+    serve.add_argument(
+        "--decode-processes",
+        type=_int_at_least(0),
+        help="processes that decode and check the payloads (see tcusim gateway ingest)",
+    )
     serve.set_defaults(func=run_serve)
 
 
@@ -254,12 +265,19 @@ def run_serve(args: argparse.Namespace) -> int:
             ingest = {
                 "client_id": args.client_id,
                 "share_group": args.share,
+                "decode_processes": args.decode_processes,
                 "tls_ca": args.tls_ca,
                 "tls_cert": args.tls_cert,
                 "tls_key": args.tls_key,
             }
-        elif args.share or args.tls_ca or args.tls_cert or args.tls_key:
-            raise OptionError("--share and --tls-* need --broker")
+        elif (
+            args.share
+            or args.tls_ca
+            or args.tls_cert
+            or args.tls_key
+            or args.decode_processes is not None
+        ):
+            raise OptionError("--share, --decode-processes and --tls-* need --broker")
         elif args.remote_secret_file:
             raise OptionError("--remote-secret-file needs --broker")
         service = GatewayService(
@@ -411,6 +429,7 @@ async def _ingest(args: argparse.Namespace) -> Gateway:
             batch_size=args.batch_size,
             batch_wait=args.batch_wait,
             share_group=args.share,
+            decode_processes=args.decode_processes,
         )
         print(
             f"tcusim: ingesting from {gateway.broker} into {redact_url(args.db)} (Ctrl-C to stop)",
