@@ -92,6 +92,8 @@ class CommandAction(enum.IntEnum):
     CHARGE_START = 8
     CHARGE_STOP = 9
     CHARGE_DEFERRED = 10
+    IMMOBILIZER_ON = 11
+    IMMOBILIZER_OFF = 12
 
 
 class CommandResult(enum.IntEnum):

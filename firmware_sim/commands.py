@@ -362,8 +362,9 @@ def _job_of(command: Command) -> _Job:
     if kind == "stolen":
         return _Job(command, kind, None, stolen=_bool(params, "stolen"))
     if kind == "immobilize":
-        _bool(params, "activate")
-        return _Job(command, kind, None)
+        on = _bool(params, "activate")
+        request = CommandAction.IMMOBILIZER_ON if on else CommandAction.IMMOBILIZER_OFF
+        return _Job(command, kind, request)
     raise _BadParams(f"unknown action {kind!r}")
 
 
@@ -628,10 +629,6 @@ class CommandExecutor:
         if refusal is not None:
             cause, detail = refusal
             self._fail(out, job, now, cause, detail)
-            return
-        if job.kind == "immobilize":
-            # The network has no immobiliser request: saying Success would be a lie.
-            self._fail(out, job, now, FailureCause.WRONG_COMMAND, "not_supported")
             return
         changed = self._apply_box_part(out, job)
         if job.request is None:

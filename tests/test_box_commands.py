@@ -230,7 +230,15 @@ def test_every_action_succeeds_on_an_awake_car_and_shows_on_the_bus(make_car: An
     assert outcome(station.send("stolen", {"stolen": True})) == ("Success", None)
     assert outcome(station.send("unlock", {})) == ("Failed", "NotPossibleDueToVehicleStolenState")
     assert outcome(station.send("stolen", {"stolen": False})) == ("Success", None)
-    assert outcome(station.send("immobilize", {"activate": True})) == ("Failed", "WrongCommand")
+    assert outcome(station.send("immobilize", {"activate": True})) == ("Success", None)
+    car.vehicle.apply({IGNITION: 2})  # the key turns: the engine does not start
+    car.run_for(2)
+    assert latest(car, IGNITION) == 0 and car.vehicle.state.starts_refused == 1
+    assert outcome(station.send("immobilize", {"activate": True})) == ("AlreadyDone", None)
+    assert outcome(station.send("immobilize", {"activate": False})) == ("Success", None)
+    car.vehicle.apply({IGNITION: 2})
+    car.run_for(2)
+    assert latest(car, IGNITION) == 2
 
 
 def test_a_delayed_charge_starts_at_its_time_and_wakes_the_box(make_car: Any) -> None:

@@ -496,11 +496,20 @@ def test_stolen_is_box_state_and_refuses_what_helps_a_thief() -> None:
     assert b.seq(lock) == ["Accepted", "SentToVehicle"]
 
 
-def test_immobilize_has_no_request_on_this_network() -> None:
+@pytest.mark.parametrize(
+    ("activate", "wanted"),
+    [(True, CommandAction.IMMOBILIZER_ON), (False, CommandAction.IMMOBILIZER_OFF)],
+)
+def test_immobilize_asks_the_car_and_waits_for_its_answer(
+    activate: bool, wanted: CommandAction
+) -> None:
     b = Bench()
-    cid = b.submit("immobilize", {"activate": True})
-    assert b.statuses[cid] == [("Accepted", None, ""), ("Failed", "WrongCommand", "not_supported")]
-    assert b.frames == []
+    sig(b, speed=50.0, ignition=2)  # a moving car: the engine runs on, it will not restart
+    cid = b.submit("immobilize", {"activate": activate})
+    assert b.seq(cid) == ["Accepted", "SentToVehicle"]
+    assert [f["CmdAction"] for _, f in b.frames] == [wanted]
+    b.feedback(CommandResult.DONE)
+    assert b.seq(cid)[-1] == "Success"
 
 
 def test_charge_preferences_alone_are_stored() -> None:

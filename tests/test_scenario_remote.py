@@ -202,7 +202,7 @@ expect:
   - remote: {id: lock, statuses: [Accepted, SentToVehicle, Success]}
   - remote: {id: lock_again, status: Success}
   - remote: {id: horn, status: Success}
-  - remote: {id: immobilize, status: Failed, cause: WrongCommand}
+  - remote: {id: immobilize, status: Success}
   - value: {signal: Vehicle.Cabin.DoorsLockState, at: 35s, max: 0}
   - value: {signal: Vehicle.Cabin.DoorsLockState, at: 45s, min: 1, max: 1}
   - no_sample_lost: true
@@ -262,5 +262,5 @@ def test_the_command_line_summary_lists_the_remotes(
         ("lock", "unlock: Accepted > SentToVehicle > Success"),
         ("lock_again", "lock: Accepted > SentToVehicle > Success"),
         ("horn", "horn: Accepted > SentToVehicle > Success"),
-        ("immobilize", "immobilize: Accepted > Failed (WrongCommand)"),
+        ("immobilize", "immobilize: Accepted > SentToVehicle > Success"),
     ]

@@ -561,7 +561,7 @@ def test_a_deferred_charge_lapses_without_a_cable(bench: Bench) -> None:
 # -- what the box may send --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("action", [0, 11, 200, 255])
+@pytest.mark.parametrize("action", [0, 13, 200, 255])
 def test_an_unknown_action_is_refused_and_echoed(bench: Bench, action: int) -> None:
     counter = command(bench, action, wait=0.2)
     assert bench.feedback(counter) == [(counter, action, R.REFUSED)]
@@ -675,3 +675,18 @@ def test_runs_are_deterministic() -> None:
             bench.close()
 
     assert run() == run()
+
+
+def test_the_immobiliser_holds_the_engine_until_released(bench: Bench) -> None:
+    state = bench.body.state
+    counter = command(bench, A.IMMOBILIZER_ON, wait=1.0)
+    assert bench.feedback(counter)[-1] == (counter, A.IMMOBILIZER_ON, R.DONE)
+    assert state.immobilized
+    state.apply({"Vehicle.LowVoltageSystemState": 3})  # the key turns to start
+    assert not state.ignition_on and state.starts_refused == 1
+    counter = command(bench, A.IMMOBILIZER_ON, wait=1.0)
+    assert bench.feedback(counter)[-1] == (counter, A.IMMOBILIZER_ON, R.ALREADY_DONE)
+    counter = command(bench, A.IMMOBILIZER_OFF, wait=1.0)
+    assert bench.feedback(counter)[-1] == (counter, A.IMMOBILIZER_OFF, R.DONE)
+    state.apply({"Vehicle.LowVoltageSystemState": 3})
+    assert state.ignition_on

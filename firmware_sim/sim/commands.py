@@ -25,6 +25,9 @@ Effects, in the signals the car sends:
 - CHARGE_START / STOP / DEFERRED: ``BMS_Charging.ChargingState`` (and the charge); a
   deferred charge starts at ``CmdParam0``:``CmdParam1`` (UTC, scheduler time), at the next
   such time of day, if the cable is still connected then.
+- IMMOBILIZER_ON / OFF: :attr:`~firmware_sim.sim.physics.VehicleState.immobilized`: the
+  engine does not start again (an ignition On or Start is refused) until it is released; a
+  running engine runs on.
 - WAKE_UP: DONE, nothing else.
 """
 
@@ -87,6 +90,8 @@ DEFAULT_DELAYS_MS: Mapping[CommandAction, int] = {
     CommandAction.CHARGE_START: 1000,
     CommandAction.CHARGE_STOP: 500,
     CommandAction.CHARGE_DEFERRED: 300,
+    CommandAction.IMMOBILIZER_ON: 300,
+    CommandAction.IMMOBILIZER_OFF: 300,
 }
 HORN_ON_MS = 500
 HORN_OFF_MS = 500
@@ -107,6 +112,7 @@ class _Actuator(enum.Enum):
     LOCKS = "locks"
     HVAC = "hvac"
     CHARGER = "charger"
+    IMMOBILIZER = "immobilizer"
 
 
 _ACTUATOR = {
@@ -119,6 +125,8 @@ _ACTUATOR = {
     CommandAction.CHARGE_START: _Actuator.CHARGER,
     CommandAction.CHARGE_STOP: _Actuator.CHARGER,
     CommandAction.CHARGE_DEFERRED: _Actuator.CHARGER,
+    CommandAction.IMMOBILIZER_ON: _Actuator.IMMOBILIZER,
+    CommandAction.IMMOBILIZER_OFF: _Actuator.IMMOBILIZER,
 }
 
 
@@ -378,6 +386,10 @@ class BodyController:
             return None, ""
         if action is CommandAction.PRECOND_STOP:
             return (None, "") if state.preconditioning else (already, "not preconditioning")
+        if action is CommandAction.IMMOBILIZER_ON:
+            return (already, "already immobilised") if state.immobilized else (None, "")
+        if action is CommandAction.IMMOBILIZER_OFF:
+            return (None, "") if state.immobilized else (already, "not immobilised")
         if not state.has(SOC):
             return refused, "no traction battery"
         deferred = self.deferred_at_ms is not None and state.plugged_in
@@ -433,6 +445,10 @@ class BodyController:
             state.stop_charging()
         elif action is CommandAction.CHARGE_DEFERRED:
             self._defer_charge(p0, p1, now_ms)
+        elif action is CommandAction.IMMOBILIZER_ON:
+            state.immobilized = True
+        elif action is CommandAction.IMMOBILIZER_OFF:
+            state.immobilized = False
 
     def _beep(self, effect: int, left: int, now_ms: int) -> None:
         """Sound the horn now, and schedule its end and the next beep."""

@@ -279,6 +279,8 @@ class VehicleState:
         self._speed = 0.0  # km/h, unrounded
         self._charge_requested = False
         self._crashed = False
+        self.immobilized = False  # the immobiliser holds: the engine does not start
+        self.starts_refused = 0  # ignition On/Start asked while immobilised
         self._lv_weak = False
         self._manual_low_fuel = False
         self._pending_s = 0.0  # time and distance not yet taken into the slow quantities
@@ -349,7 +351,8 @@ class VehicleState:
         """Set signals as the driver or a fault would.
 
         The cable signal plugs in or unplugs (at the default power), the crash flag crashes
-        the car, the fuel level refuels; other signals the car has are set as given (the
+        the car, the fuel level refuels, an ignition On or Start does nothing while the car
+        is :attr:`immobilized` (counted); other signals the car has are set as given (the
         physics carries on from the new value); signals it lacks are ignored.
         """
         for name, value in changes.items():
@@ -371,6 +374,8 @@ class VehicleState:
                 self.values[SPEED] = value
             elif name == LOW_FUEL:
                 self.alert(name, bool(value))
+            elif name == IGNITION and self.immobilized and value in (2, 3) and not self.ignition_on:
+                self.starts_refused += 1  # the key turns, the engine does not start
             else:
                 self.values[name] = value
         self._refresh()
