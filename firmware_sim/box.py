@@ -116,6 +116,7 @@ class Tcu:
         self.asleep = False
         self._asleep_updates: dict[int, float | int] = {}
         self._deferred: dict[Timer, int] = {}  # timers due while asleep
+        self._in_commands = False
         self._feedback_id = -1  # the command feedback frame's id (-1: no commands)
         self._ignition_id = self.catalog.by_name("Vehicle.LowVoltageSystemState").id
         self._charging_id = self.catalog.by_name(
@@ -144,6 +145,12 @@ class Tcu:
         queued = self.flash.entries(limit=1_000_000)
         self._queued_max = queued[-1].seq if queued else -1
         downlink = self._command_key is not None
+        if self._command_key is not None:
+            try:
+                self._make_commands(self._command_key)
+            except BaseException:
+                self.flash.close()
+                raise
         if self._uplink_config is not None:
             self.uplink = MqttUplink(
                 self._uplink_config, self.config.vin, boot=state.boot, downlink=downlink
@@ -152,8 +159,9 @@ class Tcu:
         self._running = True
         self.asleep = False
         self._execute(self.core.start(self.scheduler.now_ms))
-        if self._command_key is not None:
-            self._start_commands(self._command_key)
+        if self.commands is not None:
+            self._ignition = self.core.latest.get(self._ignition_id)
+            self.commands.start(self.scheduler.now_ms)
         log.info(
             "box %s booted (boot %d, %d queued, %d pending samples)",
             self.config.vin,
@@ -162,7 +170,7 @@ class Tcu:
             len(state.pending),
         )
 
-    def _start_commands(self, key: bytes) -> None:
+    def _make_commands(self, key: bytes) -> None:
         core = self.core
         assert core is not None
         link = CommandLink(
@@ -175,6 +183,7 @@ class Tcu:
             nonce_path=self._data_dir / "nonces.sqlite3",
             send_frame=self._send_frame,
             publish_status=self._publish_status,
+            ack_command=self._ack_command,
             request_upload=self.request_upload,
             on_sleep=self._sleep,
             on_wake=self._wake,
@@ -184,8 +193,6 @@ class Tcu:
         )
         self.commands = link
         self._feedback_id = link.feedback_id
-        self._ignition = core.latest.get(self._ignition_id)
-        link.start(self.scheduler.now_ms)
 
     def shutdown(self, drain_timeout: float = 0.0) -> None:
         """Power off cleanly: optionally wait for the queue to drain, then disconnect."""
@@ -219,7 +226,11 @@ class Tcu:
     def on_frame(self, now_ms: int, msg: can.Message) -> None:
         """Feed one received CAN frame."""
         self.stats.frames += 1
-        if msg.arbitration_id == self._feedback_id and self.commands is not None:
+        if (
+            msg.arbitration_id == self._feedback_id
+            and self.commands is not None
+            and msg.is_extended_id == self.commands.feedback_extended
+        ):
             self.commands.on_feedback_frame(msg, now_ms)
             return
         updates = self.decoder.feed(msg)
@@ -393,6 +404,15 @@ class Tcu:
     # -- remote commands and sleep --------------------------------------------------------
 
     def _pump_commands(self) -> None:
+        if self._in_commands:  # an upload a command caused pumps again: not re-entered
+            return
+        self._in_commands = True
+        try:
+            self._take_commands()
+        finally:
+            self._in_commands = False
+
+    def _take_commands(self) -> None:
         link = self.commands
         core = self.core
         assert link is not None and core is not None
@@ -417,6 +437,10 @@ class Tcu:
             self.stats.bus_errors += 1
             self.stats.last_bus_error = str(exc)
             log.warning("box %s: command request not sent: %s", self.config.vin, exc)
+
+    def _ack_command(self, ticket: int) -> None:
+        if self.uplink is not None:
+            self.uplink.ack_command(ticket)
 
     def _publish_status(self, payload: bytes) -> None:
         if self.uplink is None:

@@ -114,6 +114,7 @@ class CommandLink:
         nonce_path: str | Path,
         send_frame: Callable[[can.Message], None],
         publish_status: Callable[[bytes], None],
+        ack_command: Callable[[int], None],
         request_upload: Callable[[], None],
         on_sleep: Callable[[int], None],
         on_wake: Callable[[int, str], None],
@@ -128,13 +129,21 @@ class CommandLink:
         self.stats = LinkStats()
         self._send_frame = send_frame
         self._publish_status = publish_status
+        self._ack_command = ack_command
         self._request_upload = request_upload
         self._on_sleep = on_sleep
         self._on_wake = on_wake
         self._live = live
-        self._request: Message = database.get_message_by_name(COMMAND_REQUEST)
-        self._feedback: Message = database.get_message_by_name(COMMAND_FEEDBACK)
+        try:
+            self._feedback: Message = database.get_message_by_name(COMMAND_FEEDBACK)
+            self._request = database.get_message_by_name(COMMAND_REQUEST)
+        except KeyError as exc:
+            raise ConfigError(
+                f"remote commands need {COMMAND_REQUEST} and {COMMAND_FEEDBACK} in the network:"
+                f" {exc}"
+            ) from None
         self.feedback_id: int = self._feedback.frame_id
+        self.feedback_extended: bool = bool(self._feedback.is_extended_frame)
         self.nonces = NonceCache(nonce_path, power_safe=power_safe)
         self.verifier = CommandVerifier(
             vin,
@@ -162,7 +171,7 @@ class CommandLink:
         )
         self._names = {sig.id: sig.name for sig in catalog.signals}
         self._ignition_id = catalog.by_name(IGNITION).id
-        self._held: list[bytes] = []  # commands that came while the box slept
+        self._held: list[tuple[int, bytes]] = []  # (ticket, command) that came while asleep
         self._closed = False
 
     # -- durable state ----------------------------------------------------------------------
@@ -219,30 +228,33 @@ class CommandLink:
 
     # -- inputs -----------------------------------------------------------------------------
 
-    def on_commands(self, raws: list[bytes], now_ms: int) -> None:
-        """Take the commands the uplink received."""
-        for raw in raws:
+    def on_commands(self, items: list[tuple[int, bytes]], now_ms: int) -> None:
+        """Take the ``(ticket, command)`` items the uplink received; each is acknowledged once
+        taken (checked, or refused), so that one lost to a power cut comes again."""
+        for ticket, raw in items:
             self.stats.received += 1
             self._run_power(self.power.on_activity(now_ms))
             if self.asleep:
                 self.stats.held_asleep += 1
-                self._held.append(raw)
+                self._held.append((ticket, raw))
                 self._run_power(self.power.shoulder_tap(now_ms, _peek_id(raw)))
                 continue
-            self._take(raw, now_ms)
+            self._take(ticket, raw, now_ms)
 
-    def _take(self, raw: bytes, now_ms: int) -> None:
+    def _take(self, ticket: int, raw: bytes, now_ms: int) -> None:
         try:
             command = self.verifier.verify(raw)
         except Refusal as refusal:
             self.stats.refused[refusal.reason] = self.stats.refused.get(refusal.reason, 0) + 1
             log.info("box %s: command refused (%s): %s", self.vin, refusal.reason, refusal.detail)
             self._status(refusal.status(self.vin, now_ms))
+            self._ack_command(ticket)
             return
-        except StoreError as exc:  # the nonce store failed: the command cannot be checked
+        except StoreError as exc:  # the nonce store failed: left for the broker to resend
             self.stats.store_errors += 1
             log.error("box %s: command not checked, nonce store failed: %s", self.vin, exc)
             return
+        self._ack_command(ticket)  # its nonce is remembered: a redelivery is a replay
         self.stats.submitted += 1
         self._sync(now_ms)
         self._run(self.executor.submit(command, now_ms))
@@ -275,6 +287,11 @@ class CommandLink:
         self._run_power(self.power.on_ignition(on, now_ms))
 
     def _sync(self, now_ms: int) -> None:
+        """Give the executor the live values; wake the box first if a program is due (the
+        executor starts due programs at any input, not only at its timer)."""
+        due = self.executor.next_program_ms
+        if due is not None and due <= now_ms and self.asleep:
+            self._run_power(self.power.alarm(now_ms))
         names = self._names
         values = {names[sid]: v for sid, v in self._live().items() if sid in names}
         self._run(self.executor.on_signals(values, now_ms))
@@ -338,18 +355,23 @@ class CommandLink:
                 self.executor.on_sleep(now)
                 self._on_sleep(now)
             elif isinstance(out, power.Wake):
-                self._on_wake(now, out.reason)
+                # The held commands first, in their order: whatever the box does as it wakes
+                # (uploads, newer commands) comes after them.
                 held, self._held = self._held, []
-                for raw in held:
-                    self._take(raw, now)
+                for ticket, raw in held:
+                    self._take(ticket, raw, now)
+                self._on_wake(now, out.reason)
             elif isinstance(out, commands.ArmTimer):
                 self.scheduler.call_at(out.at_ms, self._power_timer)
             elif isinstance(out, power.PersistBudget):
                 doc = {"month": out.month, "used": out.used}
                 self._persist(POWER_BLOB, json.dumps(doc, sort_keys=True).encode())
             elif isinstance(out, commands.ReportStatus):
-                self._held = [r for r in self._held if _peek_id(r) != out.message.command_id]
+                refused = [h for h in self._held if _peek_id(h[1]) == out.message.command_id]
+                self._held = [h for h in self._held if h not in refused]
                 self._status(out.message)
+                for ticket, _raw in refused:
+                    self._ack_command(ticket)
 
 
 def _raw(value: object) -> int:

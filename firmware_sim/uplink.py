@@ -10,8 +10,10 @@ when the queued uploads were rewritten (the driver tightened the privacy setting
 With ``downlink=True`` the uplink also carries remote commands: its MQTT session persists
 (clean session off, so the broker keeps the commands that come while the box is offline), it
 subscribes to ``{prefix}/{vin}/down`` with QoS 1, keeps what arrives for the box
-(:meth:`MqttUplink.take_commands`) and publishes the box's status messages on
-``{prefix}/{vin}/cmd`` with QoS 1 (:meth:`MqttUplink.publish_status`).
+(:meth:`MqttUplink.take_commands`) and acknowledges a command only when the box says it has
+taken it (:meth:`MqttUplink.ack_command`: until then the broker delivers it again after a
+reconnection), and publishes the box's status messages on ``{prefix}/{vin}/cmd`` with QoS 1
+(:meth:`MqttUplink.publish_status`), handed over again if the client is replaced first.
 """
 
 from __future__ import annotations
@@ -129,14 +131,18 @@ class MqttUplink:
         self._connected = threading.Event()
         self._thread: threading.Thread | None = None
         # Requests to the network thread: an upload to publish (seq, payload), a status
-        # message (-1, payload), or None to recall the uploads.
-        self._requests: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
-        self._commands: collections.deque[bytes] = collections.deque()  # network thread fills
+        # message (-1, payload), a command ticket to acknowledge (an int), or None to recall
+        # the uploads.
+        self._requests: queue.SimpleQueue[tuple[int, bytes] | int | None] = queue.SimpleQueue()
+        # (ticket, payload) of the commands received: the network thread fills it.
+        self._commands: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._generation = 0  # of the paho client: a ticket names its client and its mid
         self._graceful = True
         self._link = threading.Event()  # cleared: the network is gone (link loss)
         self._link.set()
         self._acked: collections.deque[int] = collections.deque()  # filled by the network thread
         self._mid_to_seq: dict[int, int] = {}  # network thread only
+        self._status_mids: dict[int, bytes] = {}  # status messages not yet acknowledged
         self._in_flight: set[int] = set()  # box thread only
         self.connects = 0
         self.connect_failures = 0
@@ -177,6 +183,8 @@ class MqttUplink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        if self.downlink:
+            client.manual_ack_set(True)  # a command is acknowledged once the box took it
         set_no_delay(client)
         return client
 
@@ -231,7 +239,8 @@ class MqttUplink:
         first = True
         while not self._stop.is_set():
             if not self._link.is_set():  # no network at all (a tunnel): wait for it
-                self._serve_requests()
+                if self._serve_requests():
+                    first = True  # recalled: the fresh client connects anew
                 self._link.wait(0.05)
                 continue
             try:
@@ -240,11 +249,12 @@ class MqttUplink:
                     first = False
                 else:
                     self._client.reconnect()
-            except (OSError, ssl.SSLError) as exc:
+            except (OSError, ssl.SSLError, ValueError) as exc:  # ValueError: paho's bad host
                 self.connect_failures += 1
                 delay = next(delays)
                 log.info("uplink %s: connect failed (%s); retry in %.2f s", self.vin, exc, delay)
-                self._serve_requests()  # queued uploads wait in paho for the connection
+                if self._serve_requests():  # queued uploads wait in paho for the connection
+                    first = True  # recalled: the fresh client connects anew
                 self._stop.wait(delay)
                 continue
             was_connected = False
@@ -276,9 +286,14 @@ class MqttUplink:
             if request is None:
                 self._replace_client()
                 return True
+            if isinstance(request, int):  # a command the box took: acknowledge it
+                generation, mid = divmod(request, 1 << 16)
+                if generation == self._generation:  # else its client is gone: redelivered
+                    self._client.ack(mid, 1)
+                continue
             seq, payload = request
             if seq == _STATUS:
-                self._client.publish(self.status_topic, payload, qos=1)
+                self._publish_status_now(payload)
                 continue
             info = self._client.publish(self.topic, payload, qos=1)
             if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:  # paho is full: hand it back
@@ -288,6 +303,10 @@ class MqttUplink:
             # paho, which sends it once connected.
             self._mid_to_seq[info.mid] = seq
 
+    def _publish_status_now(self, payload: bytes) -> None:
+        info = self._client.publish(self.status_topic, payload, qos=1)
+        self._status_mids[info.mid] = payload  # kept until its PUBACK
+
     def _replace_client(self) -> None:
         old = self._client
         if self._connected.is_set():
@@ -295,7 +314,12 @@ class MqttUplink:
         self._connected.clear()
         self._close_sockets(old)
         self._mid_to_seq.clear()
+        statuses = list(self._status_mids.values())  # not in the flash: handed over again
+        self._status_mids.clear()
+        self._generation += 1
         self._client = self._make_client()
+        for payload in statuses:
+            self._publish_status_now(payload)
 
     def _finish(self) -> None:
         client = self._client
@@ -366,14 +390,21 @@ class MqttUplink:
         if client is not self._client:
             return  # a recalled client's late acknowledgement: its entries are re-sent
         seq = self._mid_to_seq.pop(mid, None)
-        if seq is not None:  # None: a presence message
+        self._status_mids.pop(mid, None)
+        if seq is not None:  # None: a presence or status message
             self._acked.append(seq)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         if message.topic != self.command_topic:
             log.info("uplink %s: ignored a message on %s", self.vin, message.topic)
+            if message.qos > 0:
+                client.ack(message.mid, message.qos)
             return
-        self._commands.append(bytes(message.payload))
+        if message.qos == 0:  # nothing to acknowledge
+            self._commands.append((-1, bytes(message.payload)))
+            return
+        ticket = (self._generation << 16) | message.mid
+        self._commands.append((ticket, bytes(message.payload)))
 
     # -- the box's side -------------------------------------------------------------------
 
@@ -435,9 +466,18 @@ class MqttUplink:
         """Whether commands arrived that :meth:`take_commands` has not taken yet."""
         return bool(self._commands)
 
-    def take_commands(self) -> list[bytes]:
-        """The commands received since the last call, in arrival order."""
-        taken: list[bytes] = []
+    def ack_command(self, ticket: int) -> None:
+        """The box has taken the command of this ticket (checked it, and remembered its nonce
+        or refused it): the broker may forget it. A ticket of -1 needs no acknowledgement."""
+        if ticket < 0 or self._state is not _State.OPEN:
+            return
+        self._requests.put(ticket)
+        self._nudge()
+
+    def take_commands(self) -> list[tuple[int, bytes]]:
+        """``(ticket, payload)`` of the commands received since the last call, in arrival
+        order; give each ticket to :meth:`ack_command` once the command is taken."""
+        taken: list[tuple[int, bytes]] = []
         while self._commands:
             taken.append(self._commands.popleft())
         self.commands_received += len(taken)

@@ -23,14 +23,16 @@ from can_dbc.catalog import default_catalog
 from can_dbc.network import CommandAction
 from firmware_sim.clock import SimScheduler
 from firmware_sim.command_link import CommandSettings
-from firmware_sim.config import TcuConfig
+from firmware_sim.config import TcuConfig, UplinkConfig, parse_broker_url
 from firmware_sim.core import Action, JournalSamples
 from firmware_sim.downlink import (
     Command,
+    RemoteStatus,
     StatusMessage,
     cmd_topic,
     decode_status,
     down_topic,
+    encode_status,
     new_command,
     sign_command,
     vehicle_key,
@@ -38,6 +40,7 @@ from firmware_sim.downlink import (
 from firmware_sim.sim.drive import WEST_PARIS, Drive
 from firmware_sim.sim.physics import Energy
 from firmware_sim.sim.session import SimulatedCar
+from firmware_sim.uplink import MqttUplink
 from gateway.store import sample_value
 
 CATALOG = default_catalog()
@@ -444,6 +447,23 @@ def test_an_offline_car_past_the_expiry_refuses_the_command(make_car: Any) -> No
     assert car.vehicle.body is not None and car.vehicle.body.stats.requests == 0
 
 
+def test_a_command_received_but_not_taken_comes_again_after_a_power_cut(make_car: Any) -> None:
+    car, station = make_car()
+    uplink = car.box.uplink
+    assert uplink is not None
+    cmd = station.command("unlock", {})
+    station.publish(sign_command(cmd, KEY))
+    deadline = time.monotonic() + WAIT
+    while not uplink.commands_waiting:  # received by the modem, not yet taken by the box
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    car.power_cut()  # no acknowledgement went out: the broker keeps it for the session
+    car.reboot()
+    station.run_until(lambda: any(s.status.done for s in station.of(cmd.command_id)))
+    assert outcome(station.of(cmd.command_id)) == ("Success", None)
+    assert car.vehicle.body is not None and car.vehicle.body.stats.requests == 1
+
+
 def test_the_nonce_cache_survives_a_reboot(make_car: Any) -> None:
     car, station = make_car()
     cmd = station.command("lock", {})
@@ -481,7 +501,7 @@ def test_any_feedback_frame_is_taken_or_counted(
         assert link is not None
         if busy:
             cmd = new_command(VIN, "horn", {"beeps": 1}, issued_at_ms=START_MS, order=1)
-            link.on_commands([sign_command(cmd, KEY)], START_MS)
+            link.on_commands([(-1, sign_command(cmd, KEY))], START_MS)
             assert link.executor.busy
         frame = can.Message(arbitration_id=link.feedback_id, data=data, is_extended_id=False)
         before = (link.stats.feedback_frames, link.stats.bad_feedback)
@@ -491,3 +511,44 @@ def test_any_feedback_frame_is_taken_or_counted(
             assert link.stats.bad_feedback == before[1] + 1  # too short: counted, not taken
     finally:
         car.close(drain_timeout=0)
+
+
+def test_a_status_handed_over_before_a_recall_still_arrives(broker: Any) -> None:
+    """A privacy change over a dead link recalls the uploads (a new paho client): the
+    statuses the old client held go out on the new one."""
+    config = UplinkConfig(
+        broker=parse_broker_url(broker.url),
+        client_id="tcu-recall-status",
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.2,
+    )
+    uplink = MqttUplink(config, VIN, downlink=True)
+    got: list[bytes] = []
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="recall-status-watch")
+    watcher.on_message = lambda _c, _u, m: got.append(bytes(m.payload))
+    watcher.connect(broker.host, broker.port)
+    watcher.subscribe(cmd_topic(VIN), qos=1)
+    watcher.loop_start()
+    try:
+        uplink.open()
+        assert uplink.wait_connected(WAIT)
+        uplink.link_down()
+        deadline = time.monotonic() + WAIT
+        while uplink.connected:  # the network thread notices the link is gone
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        status = StatusMessage(b"\x01" * 16, VIN, RemoteStatus.SUCCESS, None, START_MS)
+        uplink.publish_status(encode_status(status))  # paho holds it: no connection
+        uplink.recall()  # the client that held it is replaced
+        time.sleep(0.3)  # the network thread serves both requests while the link is down
+        assert not got, "sent while the link was down"
+        uplink.link_up()
+        deadline = time.monotonic() + WAIT
+        while not got:
+            assert time.monotonic() < deadline, "the status was lost with the old client"
+            time.sleep(0.01)
+        assert decode_status(got[0]) == status
+    finally:
+        uplink.close()
+        watcher.loop_stop()
+        watcher.disconnect()
