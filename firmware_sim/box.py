@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from can_dbc.catalog import Catalog, default_catalog
 from firmware_sim.clock import Scheduler
 from firmware_sim.command_link import CommandLink, CommandSettings
+from firmware_sim.commands import CHARGING_STATE
 from firmware_sim.config import TcuConfig, UplinkConfig
 from firmware_sim.core import (
     Action,
@@ -118,11 +119,7 @@ class Tcu:
         self._deferred: dict[Timer, int] = {}  # timers due while asleep
         self._in_commands = False
         self._feedback_id = -1  # the command feedback frame's id (-1: no commands)
-        self._ignition_id = self.catalog.by_name("Vehicle.LowVoltageSystemState").id
-        self._charging_id = self.catalog.by_name(
-            "Vehicle.Powertrain.TractionBattery.Charging.ChargingState"
-        ).id
-        self._ignition: float | int | None = None
+        self._charging_id = self.catalog.by_name(CHARGING_STATE).id
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -160,7 +157,6 @@ class Tcu:
         self.asleep = False
         self._execute(self.core.start(self.scheduler.now_ms))
         if self.commands is not None:
-            self._ignition = self.core.latest.get(self._ignition_id)
             self.commands.start(self.scheduler.now_ms)
         log.info(
             "box %s booted (boot %d, %d queued, %d pending samples)",
@@ -414,18 +410,13 @@ class Tcu:
 
     def _take_commands(self) -> None:
         link = self.commands
-        core = self.core
-        assert link is not None and core is not None
+        assert link is not None
         now = self.scheduler.now_ms
-        live = self._asleep_updates if self.asleep else core.latest
-        ignition = live.get(self._ignition_id, self._ignition)
-        if ignition != self._ignition:
-            self._ignition = ignition
-            link.on_ignition(ignition in (2, 3), now)
+        link.check_ignition(now)
         if self.uplink is not None:
-            raws = self.uplink.take_commands()
-            if raws:
-                link.on_commands(raws, now)
+            items = self.uplink.take_commands()
+            if items:
+                link.on_commands(items, now)
 
     def _send_frame(self, frame: can.Message) -> None:
         if self.bus is None:

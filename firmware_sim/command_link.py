@@ -56,8 +56,6 @@ log = logging.getLogger(__name__)
 
 EXECUTOR_BLOB = "commands"
 POWER_BLOB = "power"
-IGNITION = commands.IGNITION
-_IGNITION_ON = frozenset({2, 3})  # On, Start
 
 
 @dataclass(frozen=True)
@@ -170,7 +168,7 @@ class CommandLink:
             budget=self._load_budget(),
         )
         self._names = {sig.id: sig.name for sig in catalog.signals}
-        self._ignition_id = catalog.by_name(IGNITION).id
+        self._ignition_id = catalog.by_name(commands.IGNITION).id
         self._held: list[tuple[int, bytes]] = []  # (ticket, command) that came while asleep
         self._closed = False
 
@@ -211,9 +209,8 @@ class CommandLink:
 
     def start(self, now_ms: int) -> None:
         """Boot: awake; with the ignition off the box sleeps ``stay_awake_ms`` from now."""
-        ignition = self._live().get(self._ignition_id)
         self._run(self.executor.start(now_ms))
-        self._run_power(self.power.start(now_ms, ignition_on=ignition in _IGNITION_ON))
+        self._run_power(self.power.start(now_ms, ignition_on=self._ignition_on()))
 
     def close(self) -> None:
         """Close the nonce cache; idempotent."""
@@ -282,9 +279,12 @@ class CommandLink:
         """The car woke the box (it started charging by itself): awake at once, off budget."""
         self._run_power(self.power.alarm(now_ms, reason))
 
-    def on_ignition(self, on: bool, now_ms: int) -> None:
-        """The ignition line changed."""
-        self._run_power(self.power.on_ignition(on, now_ms))
+    def check_ignition(self, now_ms: int) -> None:
+        """Read the ignition line (the power manager acts on a change only)."""
+        self._run_power(self.power.on_ignition(self._ignition_on(), now_ms))
+
+    def _ignition_on(self) -> bool:
+        return self._live().get(self._ignition_id) in commands.IGNITION_ON
 
     def _sync(self, now_ms: int) -> None:
         """Give the executor the live values; wake the box first if a program is due (the
@@ -338,10 +338,7 @@ class CommandLink:
     def _executor_timer(self, now_ms: int) -> None:
         if self._closed:
             return
-        due = self.executor.next_program_ms
-        if due is not None and due <= now_ms and self.asleep:
-            self._run_power(self.power.alarm(now_ms))  # a program: wake at once, off budget
-        self._sync(now_ms)
+        self._sync(now_ms)  # wakes the box first when a program is due
         self._run(self.executor.on_timer(now_ms))
 
     def _power_timer(self, now_ms: int) -> None:

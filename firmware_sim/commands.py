@@ -66,7 +66,7 @@ PRIVACY = "Vehicle.Connectivity.PrivacySetting"
 LIGHTS_FLASHING = "Vehicle.Body.Lights.IsFlashing"
 HORN_ACTIVE = "Vehicle.Body.Horn.IsActive"
 
-_IGNITION_ON = frozenset({2, 3})  # On, Start
+IGNITION_ON = frozenset({2, 3})  # On, Start
 _PRIVACY_FULL = 2
 _CHARGING_FAILURE = 2
 
@@ -493,7 +493,7 @@ class CommandExecutor:
                 self.stats.ignored_signals += 1
                 continue
             self.signals[name] = value
-            if name == IGNITION and value in _IGNITION_ON:
+            if name == IGNITION and value in IGNITION_ON:
                 self.car_asleep = False
         return self._finish_step([], now)
 
@@ -727,7 +727,7 @@ class CommandExecutor:
             speed = sig.get(SPEED)
             if speed is not None and abs(speed) >= self.moving_kmh:
                 return FailureCause.VEHICLE_IN_USE, "moving"
-            if sig.get(IGNITION) in _IGNITION_ON:
+            if sig.get(IGNITION) in IGNITION_ON:
                 return FailureCause.VEHICLE_IN_USE, "ignition_on"
         if request in DOORS_REFUSED:
             open_doors = [name.split(".")[-2] for name in DOORS if sig.get(name)]

@@ -204,19 +204,27 @@ def _charge(mode: str, when: str | None) -> dict[str, Any]:
     return {"delayed_to_min": int(m.group(1)) * 60 + int(m.group(2))}
 
 
-def read_secret(path: Path) -> bytes:
-    """The master secret in ``path`` (hexadecimal, at least 16 bytes)."""
+def read_hex_file(path: Path, what: str, *, min_bytes: int = 1, exact: bool = False) -> bytes:
+    """The bytes written in hexadecimal in ``path``: at least ``min_bytes`` (exactly, with
+    ``exact``); :class:`RemoteUsageError` naming ``what`` otherwise."""
     try:
         text = path.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise RemoteUsageError(f"{path}: cannot read the remote master secret: {exc}") from None
+        raise RemoteUsageError(f"{path}: cannot read the {what}: {exc}") from None
     try:
-        secret = bytes.fromhex(text)
+        value = bytes.fromhex(text)
     except ValueError:
-        raise RemoteUsageError(f"{path}: the remote master secret must be hexadecimal") from None
-    if len(secret) < 16:
-        raise RemoteUsageError(f"{path}: the remote master secret must be at least 16 bytes")
-    return secret
+        raise RemoteUsageError(f"{path}: the {what} must be hexadecimal") from None
+    if exact and len(value) != min_bytes:
+        raise RemoteUsageError(f"{path}: the {what} must be {min_bytes} bytes")
+    if len(value) < min_bytes:
+        raise RemoteUsageError(f"{path}: the {what} must be at least {min_bytes} bytes")
+    return value
+
+
+def read_secret(path: Path) -> bytes:
+    """The master secret in ``path`` (hexadecimal, at least 16 bytes)."""
+    return read_hex_file(path, "remote master secret", min_bytes=16)
 
 
 def _now_ms() -> int:

@@ -13,6 +13,7 @@ from can_dbc.decoder import CompiledDecoder
 from can_dbc.mapping import load_mapping
 from can_dbc.network import load_car_network
 from firmware_sim.box import Tcu
+from firmware_sim.cli.remote import read_hex_file, read_secret
 from firmware_sim.clock import WallScheduler
 from firmware_sim.config import TcuConfig, UplinkConfig, parse_broker_url
 from firmware_sim.downlink import KEY_BYTES, vehicle_key
@@ -103,29 +104,12 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError("--gnss-baud must be positive")
 
 
-def _read_hex(path: Path, what: str) -> bytes:
-    try:
-        text = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the {what}: {exc}") from exc
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise ConfigError(f"{path}: the {what} must be hexadecimal") from None
-
-
 def command_key(args: argparse.Namespace, vin: str) -> bytes | None:
     """The vehicle key the options give, or None (the box then takes no commands)."""
     if args.command_key_file is not None:
-        key = _read_hex(args.command_key_file, "command key")
-        if len(key) != KEY_BYTES:
-            raise ConfigError(f"{args.command_key_file}: the command key must be {KEY_BYTES} bytes")
-        return key
+        return read_hex_file(args.command_key_file, "command key", min_bytes=KEY_BYTES, exact=True)
     if args.remote_secret_file is not None:
-        master = _read_hex(args.remote_secret_file, "remote master secret")
-        if len(master) < 16:
-            raise ConfigError(f"{args.remote_secret_file}: the master secret is too short")
-        return vehicle_key(master, vin)
+        return vehicle_key(read_secret(args.remote_secret_file), vin)
     return None
 
 
