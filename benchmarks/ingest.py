@@ -3,7 +3,7 @@ subscriber that only receives the same messages, in the same run.
 
 A fleet of cars each uploads one minute of driving per message (the drive of
 ``benchmarks/payload.py``: every catalog signal at its refresh class, some 530 samples,
-about 1.2 kB of CBOR; each car its own seed, VIN and sequence numbers). For each subscriber
+about 1.1 kB of CBOR; each car its own seed, VIN and sequence numbers). For each subscriber
 in turn, on a Mosquitto of its own (``max_inflight_messages`` as in ``docs/broker.md``):
 
 1. the subscriber's persistent session is made (connect, subscribe QoS 1, disconnect);

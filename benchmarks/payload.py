@@ -5,7 +5,9 @@ spot, then cruising), samples every catalog signal at its refresh class (fast 1 
 10 s, slow 60 s; event signals: their state at the start of the window and each change),
 and measures the same samples three ways:
 
-* the CBOR uplink (``firmware_sim.payload.encode_uplink``);
+* the CBOR uplink (``firmware_sim.payload.encode_uplink``), in format version 2 (what the
+  box writes) and version 1 (still read; its encode, decode and the gateway's
+  ``decode_uplink_columns`` are timed beside version 2's);
 * JSON in the shapes of the connected-car Web API v4: a telemetry collection with one
   entry per sampling instant (``createdAt`` in RFC 3339, ``vehicle.kinetic``,
   ``vehicle.engines``, ``vehicle.energies``, the position as a GeoJSON ``Feature`` under
@@ -38,6 +40,7 @@ from firmware_sim.payload import (
     Trigger,
     Uplink,
     decode_uplink,
+    decode_uplink_columns,
     encode_uplink,
     quantize,
 )
@@ -411,14 +414,30 @@ def main() -> int:
     ratio_json = len(cbor) / len(json_bytes)
     ratio_gzip = len(cbor) / len(gz)
     print(f"CBOR / JSON: {ratio_json:.3f}   CBOR / gzipped JSON: {ratio_gzip:.3f}")
-    print(
-        f"encode: {_rate(lambda: encode_uplink(uplink)):,.0f}/s   "
-        f"decode: {_rate(lambda: decode_uplink(cbor)):,.0f}/s   "
-        f"baseline json.loads of the JSON: {_rate(lambda: json.loads(json_bytes)):,.0f}/s"
-    )
+    cbor_v1 = encode_uplink(uplink, version=1)
+    assert decode_uplink(cbor_v1) == uplink
+    print(f"CBOR uplink, format version 1: {len(cbor_v1)} bytes")
+    rates: dict[str, float] = {}
+    for version, data in ((2, cbor), (1, cbor_v1)):
+        rates[f"encode_v{version}_per_s"] = _rate(
+            lambda v=version: encode_uplink(uplink, version=v)
+        )
+        rates[f"decode_v{version}_per_s"] = _rate(lambda d=data: decode_uplink(d))
+        rates[f"decode_columns_v{version}_per_s"] = _rate(lambda d=data: decode_uplink_columns(d))
+        print(
+            f"version {version}: encode {rates[f'encode_v{version}_per_s']:,.0f}/s   "
+            f"decode {rates[f'decode_v{version}_per_s']:,.0f}/s   "
+            f"decode_uplink_columns (the gateway) "
+            f"{rates[f'decode_columns_v{version}_per_s']:,.0f}/s"
+        )
+    json_rate = _rate(lambda: json.loads(json_bytes))
+    print(f"baseline json.loads of the JSON: {json_rate:,.0f}/s")
     result = {
         "benchmark": "payload",
         "cbor_bytes": len(cbor),
+        "cbor_v1_bytes": len(cbor_v1),
+        **{name: round(rate) for name, rate in rates.items()},
+        "json_loads_per_s": round(json_rate),
         "json_bytes": len(json_bytes),
         "json_gzip_bytes": len(gz),
         "ratio_json": round(ratio_json, 4),

@@ -13,11 +13,12 @@ packed, as the gateway stores them); all three raise
 ``not_map``           the top-level item is not a map
 ``unknown_key``       a map key the format does not define
 ``missing_key``       a required map key is absent
-``bad_version``       a format version other than :data:`FORMAT_VERSION`
+``bad_version``       a format version other than those of :data:`FORMAT_VERSIONS`
 ``bad_field``         a top-level field of the wrong type or out of range (CBOR tags included)
 ``bad_series``        a series of the wrong shape, type or range
 ``bad_times``         sample times that go backwards (a negative gap or period)
-``length_mismatch``   times and values of a series that do not pair up
+``length_mismatch``   times and values of a series that do not pair up (version 2: columns of
+                      the series table that do not pair up)
 ``duplicate_signal``  two series for one signal id
 ``out_of_range``      a mantissa or sample time outside the signed 64-bit range
 ``bad_value``         (:func:`quantize` only) a value that is not a finite number
@@ -43,6 +44,7 @@ from firmware_sim.errors import PayloadError
 
 __all__ = [
     "FORMAT_VERSION",
+    "FORMAT_VERSIONS",
     "MAX_PAYLOAD_BYTES",
     "MAX_SAMPLES",
     "Privacy",
@@ -60,7 +62,10 @@ __all__ = [
     "uplink_to_json",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The format version :func:`encode_uplink` writes by default."""
+FORMAT_VERSIONS = (1, 2)
+"""The format versions the decoders read (and the encoder can write)."""
 MAX_PAYLOAD_BYTES = 256 * 1024
 """The largest payload :func:`decode_uplink` accepts (and :func:`encode_uplink` produces)."""
 MAX_SAMPLES = 100_000
@@ -74,6 +79,9 @@ _VIN = re.compile(r"[A-HJ-NPR-Z0-9]{17}")
 _INT_ONLY = frozenset((int,))
 _LIST_ONLY = frozenset((list,))
 _SERIES_LENGTHS = frozenset((5, 6))
+# Version 2: the bytes of a difference in the series table, and their ``struct`` codes.
+_WIDTH_CODES = {1: "b", 2: "h", 4: "i", 8: "q"}
+_TABLE_COLUMNS = ("signal ids", "exps", "t0s", "periods", "counts", "firsts")
 _REQUIRED_KEYS = (0, 1, 2, 3, 4, 5, 6)
 _KNOWN_KEYS = frozenset((*_REQUIRED_KEYS, 7, 8))
 _MAX_DEPTH = 8  # map > series list > series > values: 4 levels are needed
@@ -193,20 +201,31 @@ class UplinkColumns:
 
 
 # The packed series: a header of four little-endian signed 64-bit integers (the number k of
-# series, of samples n and of irregular sample times m, and the width w of a value: 4 or 8
-# bytes), then k signal ids (u16), k exps (i8), k first and k last sample times (offsets
-# from the base time, i64), k sample counts (i32), k flags (u8, 1: irregular times), n values
-# and m times (i64), all little-endian. With w = 4 the values are as on the wire, each
-# series' first mantissa then the differences; with w = 8 they are the mantissas. The times
-# are those of the irregular series, one series after the other; a regular series' times are
-# evenly spaced from its first to its last.
+# series, of samples n and of irregular sample times m, and the layout w of the values),
+# then k signal ids (u16), k exps (i8), k first and k last sample times (offsets from the
+# base time, i64), k sample counts (i32), k flags (u8, 1: irregular times), then the values
+# and m times (i64), all little-endian. With w = 4 the values are n i32, as version 1 of
+# the wire has them: each series' first mantissa then the differences; with w = 8 they are
+# the n mantissas (i64). With w = -1 they are as version 2 of the wire has them: k first
+# mantissas (i64), k widths (u8: 1, 2, 4 or 8), then each series' count - 1 differences of
+# its width (signed; modulo 2**64 when 8 bytes wide). The times are those of the irregular
+# series, one series after the other; a regular series' times are evenly spaced from its
+# first to its last.
 _PACK_HEADER = struct.Struct("<4q")
 
 
 def pack_format(k: int, n: int, m: int, width: int) -> str:
     """The ``struct`` format of packed series (header included): ``k`` series, ``n`` samples,
-    ``m`` irregular times, values of ``width`` bytes."""
+    ``m`` irregular times, values of layout ``width`` (4 or 8; -1: the first mantissas, and
+    neither the widths, differences nor times that follow them)."""
+    if width < 0:
+        return f"<4q{k}H{k}b{k}q{k}q{k}i{k}B{k}q"
     return f"<4q{k}H{k}b{k}q{k}q{k}i{k}B{n}{'i' if width == 4 else 'q'}{m}q"
+
+
+def _wrap64(value: int) -> int:
+    """``value`` modulo 2**64, as a signed 64-bit integer."""
+    return ((value - INT64_MIN) & UINT64_MAX) + INT64_MIN
 
 
 def unpack_series(
@@ -225,10 +244,12 @@ def unpack_series(
         wanted = (sids.index(signal_id),)
     else:
         return
-    exps, t0s, t_lasts = columns[k : 2 * k], columns[2 * k : 3 * k], columns[3 * k : 4 * k]
-    counts, irregular = columns[4 * k : 5 * k], columns[5 * k :]
-    code = "i" if width == 4 else "q"
+    exps, counts = columns[k : 2 * k], columns[4 * k : 5 * k]
     values_at = _PACK_HEADER.size + 24 * k
+    if width < 0:
+        yield from _unpack_differences(packed, values_at, wanted, columns, k)
+        return
+    code = "i" if width == 4 else "q"
     times_at = values_at + n * width
     every = struct.unpack_from(f"<{n}{code}", packed, values_at) if signal_id is None else ()
     start = 0
@@ -242,15 +263,37 @@ def unpack_series(
             values = struct.unpack_from(f"<{count}{code}", packed, at)
         if width == 4:
             values = accumulate(values)
-        times: Iterable[int]
-        if irregular[i]:
-            at = times_at + 8 * sum(compress(counts[:i], irregular[:i]))
-            times = struct.unpack_from(f"<{count}q", packed, at)
-        elif count == 1:
-            times = (t0s[i],)
-        else:
-            times = range(t0s[i], t_lasts[i] + 1, (t_lasts[i] - t0s[i]) // (count - 1))
-        yield sids[i], exps[i], times, values
+        yield sids[i], exps[i], _times(packed, times_at, columns, k, i), values
+
+
+def _times(packed: bytes, times_at: int, columns: Sequence[int], k: int, i: int) -> Iterable[int]:
+    """The sample times of packed series ``i`` (``columns``: the k-long columns)."""
+    t0, t_last, count = columns[2 * k + i], columns[3 * k + i], columns[4 * k + i]
+    if columns[5 * k + i]:  # irregular
+        counts, irregular = columns[4 * k : 4 * k + i], columns[5 * k : 5 * k + i]
+        at = times_at + 8 * sum(compress(counts, irregular))
+        return struct.unpack_from(f"<{count}q", packed, at)
+    if count == 1:
+        return (t0,)
+    return range(t0, t_last + 1, (t_last - t0) // (count - 1))
+
+
+def _unpack_differences(
+    packed: bytes, at: int, wanted: Iterable[int], columns: Sequence[int], k: int
+) -> Iterator[tuple[int, int, Iterable[int], Iterable[int]]]:
+    """The series of the w = -1 layout (see :func:`pack_format`)."""
+    firsts = struct.unpack_from(f"<{k}q", packed, at)
+    widths = packed[at + 8 * k : at + 9 * k]
+    counts = columns[4 * k : 5 * k]
+    starts = list(accumulate(map(mul, map(sub, counts, repeat(1)), widths), initial=at + 9 * k))
+    times_at = starts[-1]
+    for i in wanted:
+        width = widths[i]
+        own = struct.unpack_from(f"<{counts[i] - 1}{_WIDTH_CODES[width]}", packed, starts[i])
+        values: Iterable[int] = accumulate(own, initial=firsts[i])
+        if width == 8:
+            values = map(_wrap64, values)
+        yield columns[i], columns[k + i], _times(packed, times_at, columns, k, i), values
 
 
 def quantize(value: float, exp: int) -> int:
@@ -285,7 +328,8 @@ def _check_uint(value: object, name: str, minimum: int = 0) -> int:
     return value
 
 
-def _encode_series(s: Series) -> list[Any]:
+def _encodable(s: Series) -> tuple[int, int, tuple[int, ...], tuple[int, ...]]:
+    """``s``'s signal id, exp, times and mantissas once checked for the wire."""
     sid, exp, times, mantissas = s.signal_id, s.exp, s.times, s.mantissas
     if type(sid) is not int or not 1 <= sid <= 65535:
         _fail("bad_series", f"signal id must be in 1..65535, got {sid!r}")
@@ -302,21 +346,78 @@ def _encode_series(s: Series) -> list[Any]:
         _fail("out_of_range", f"signal {sid}: a mantissa does not fit in 64 signed bits")
     if min(times) < INT64_MIN or max(times) > INT64_MAX:
         _fail("out_of_range", f"signal {sid}: a time does not fit in 64 signed bits")
-    t0 = times[0]
-    values = [mantissas[0], *map(sub, mantissas[1:], mantissas)]
-    if n == 1:
-        return [sid, exp, t0, 1, values]
+    return sid, exp, tuple(times), tuple(mantissas)
+
+
+def _period(sid: int, times: tuple[int, ...]) -> tuple[int, list[int]]:
+    """The period of a series' times, and its gaps when irregular (period 0)."""
+    if len(times) == 1:
+        return 1, []
     gaps = list(map(sub, times[1:], times))
     first = gaps[0]
-    if first > 0 and gaps.count(first) == n - 1:
-        return [sid, exp, t0, first, values]
+    if first > 0 and gaps.count(first) == len(gaps):
+        return first, []
     if min(gaps) < 0:
         _fail("bad_times", f"signal {sid}: times must not decrease")
-    return [sid, exp, t0, 0, values, gaps]
+    return 0, gaps
 
 
-def encode_uplink(u: Uplink) -> bytes:
-    """The CBOR payload of ``u``; :class:`PayloadError` when ``u`` cannot be represented."""
+def _encode_series(s: Series) -> list[Any]:
+    """A series in the form of format version 1."""
+    sid, exp, times, mantissas = _encodable(s)
+    values = [mantissas[0], *map(sub, mantissas[1:], mantissas)]
+    period, gaps = _period(sid, times)
+    if period:
+        return [sid, exp, times[0], period, values]
+    return [sid, exp, times[0], 0, values, gaps]
+
+
+def delta_width(lowest: int, highest: int) -> int:
+    """The bytes (1, 2, 4 or 8) of a version-2 difference column holding ``lowest`` to
+    ``highest``; 8 is taken modulo 2**64 and holds any difference of 64-bit mantissas."""
+    for width in (1, 2, 4):
+        bound = 1 << (8 * width - 1)
+        if -bound <= lowest and highest < bound:
+            return width
+    return 8
+
+
+def _series_table(series: Sequence[Series]) -> list[Any]:
+    """The series in the form of format version 2: a table of columns (``uplink.cddl``)."""
+    sids: list[int] = []
+    exps: list[int] = []
+    t0s: list[int] = []
+    periods: list[int] = []
+    counts: list[int] = []
+    firsts: list[int] = []
+    widths = bytearray()
+    differences: list[bytes] = []
+    all_gaps: list[int] = []
+    for s in series:
+        sid, exp, times, mantissas = _encodable(s)
+        period, gaps = _period(sid, times)
+        sids.append(sid)
+        exps.append(exp)
+        t0s.append(times[0])
+        periods.append(period)
+        counts.append(len(mantissas))
+        firsts.append(mantissas[0])
+        own = list(map(sub, mantissas[1:], mantissas))
+        width = delta_width(min(own), max(own)) if own else 1
+        if width == 8:
+            own = list(map(_wrap64, own))
+        widths.append(width)
+        differences.append(struct.pack(f"<{len(own)}{_WIDTH_CODES[width]}", *own))
+        all_gaps += gaps
+    column = b"".join(differences)
+    return [sids, exps, t0s, periods, counts, firsts, bytes(widths), column, all_gaps]
+
+
+def encode_uplink(u: Uplink, *, version: int = FORMAT_VERSION) -> bytes:
+    """The CBOR payload of ``u`` in format ``version`` (one of :data:`FORMAT_VERSIONS`);
+    :class:`PayloadError` when ``u`` cannot be represented."""
+    if version not in FORMAT_VERSIONS:
+        raise ValueError(f"version must be one of {FORMAT_VERSIONS}, not {version!r}")
     vin = u.vin
     if type(vin) is not str or _VIN.fullmatch(vin) is None:
         _fail("bad_field", f"vin must be 17 characters of A-H J-N P R-Z 0-9, got {vin!r}")
@@ -328,11 +429,17 @@ def encode_uplink(u: Uplink) -> bytes:
     series = u.series
     if sum(len(s.mantissas) for s in series) > MAX_SAMPLES:
         _fail("too_large", f"more than {MAX_SAMPLES} samples")
-    encoded = [_encode_series(s) for s in series]
-    if len({s[0] for s in encoded}) != len(encoded):
+    encoded: list[Any]
+    if version == 2:
+        encoded = _series_table(series)
+        signal_ids = encoded[0]
+    else:
+        encoded = [_encode_series(s) for s in series]
+        signal_ids = [s[0] for s in encoded]
+    if len(set(signal_ids)) != len(signal_ids):
         _fail("duplicate_signal", "two series for one signal id")
     doc: dict[int, Any] = {
-        0: FORMAT_VERSION,
+        0: version,
         1: vin,
         2: _check_uint(u.seq, "seq"),
         3: _check_uint(u.base_time_ms, "base_time_ms"),
@@ -523,7 +630,7 @@ def _get_uint(doc: dict[Any, Any], key: int, name: str, minimum: int = 0) -> int
 
 def _header(
     data: bytes | bytearray | memoryview,
-) -> tuple[dict[Any, Any], str, int, int, int, int, list[Any]]:
+) -> tuple[dict[Any, Any], int, str, int, int, int, int, list[Any]]:
     """The document and the top-level fields checked before the series."""
     if not isinstance(data, bytes | bytearray | memoryview):
         _fail("not_cbor", f"expected bytes, got {type(data).__name__}")
@@ -540,8 +647,8 @@ def _header(
         if key not in doc:
             _fail("missing_key", f"key {key}")
     version = doc[0]
-    if type(version) is not int or version != FORMAT_VERSION:
-        _fail("bad_version", f"version {version!r}, expected {FORMAT_VERSION}")
+    if type(version) is not int or version not in FORMAT_VERSIONS:
+        _fail("bad_version", f"version {version!r}, expected 1 or 2")
     vin = doc[1]
     if type(vin) is not str or _VIN.fullmatch(vin) is None:
         _fail("bad_field", f"vin (key 1) {vin!r}")
@@ -556,7 +663,9 @@ def _header(
     raw_series = doc[6]
     if type(raw_series) is not list:
         _fail("bad_field", "series (key 6) must be an array")
-    return doc, vin, seq, base_time_ms, trigger, privacy, raw_series
+    if version == 2 and len(raw_series) != 9:
+        _fail("bad_field", f"series table (key 6) has {len(raw_series)} columns, expected 9")
+    return doc, version, vin, seq, base_time_ms, trigger, privacy, raw_series
 
 
 def _check_totals(samples: int, signal_ids: Sequence[int]) -> None:
@@ -573,9 +682,18 @@ def _check_totals(samples: int, signal_ids: Sequence[int]) -> None:
 
 def decode_uplink(data: bytes | bytearray | memoryview) -> Uplink:
     """The :class:`Uplink` in ``data``, checked against the contract; else :class:`PayloadError`."""
-    doc, vin, seq, base_time_ms, trigger, privacy, raw_series = _header(data)
-    series = tuple([_decode_series(raw, i) for i, raw in enumerate(raw_series)])
-    _check_totals(sum([len(s.mantissas) for s in series]), [s.signal_id for s in series])
+    doc, version, vin, seq, base_time_ms, trigger, privacy, raw_series = _header(data)
+    series: tuple[Series, ...]
+    if version == 2:
+        sids, _exps, _t0s, _periods, _counts, _t_lasts, n, packed = _table_columns(raw_series)
+        _check_totals(n, sids)
+        series = tuple(
+            Series(sid, exp, tuple(times), tuple(mantissas))
+            for sid, exp, times, mantissas in unpack_series(packed)
+        )
+    else:
+        series = tuple([_decode_series(raw, i) for i, raw in enumerate(raw_series)])
+        _check_totals(sum([len(s.mantissas) for s in series]), [s.signal_id for s in series])
     boot = _get_uint(doc, 7, "boot", 1) if 7 in doc else 0
     evicted = _get_uint(doc, 8, "evicted", 1) if 8 in doc else 0
     return Uplink(
@@ -726,6 +844,179 @@ def _exact_columns(raw_series: list[Any]) -> _Columns:
     return sids, exps, t0s, periods, counts, t_lasts, n, packed
 
 
+def _first_index(column: Sequence[int], bad: Callable[[int], bool]) -> int:
+    """The index of the first element of ``column`` that is ``bad`` (one is)."""
+    return next(i for i, x in enumerate(column) if bad(x))
+
+
+def _table_columns(table: list[Any]) -> _Columns:
+    """The columns of a version-2 series table (``uplink.cddl``): a whole-column fast path
+    for a well-formed table, :func:`_exact_table_columns` (the first broken rule raises its
+    reason) for anything else."""
+    sids, exps, t0s, periods, counts, firsts, widths, differences, gaps = table
+    if (
+        type(sids) is list
+        and type(exps) is list
+        and type(t0s) is list
+        and type(periods) is list
+        and type(counts) is list
+        and type(firsts) is list
+        and type(widths) is bytes
+        and type(differences) is bytes
+        and type(gaps) is list
+        and set(map(type, chain(sids, exps, t0s, periods, counts, firsts, gaps))) <= _INT_ONLY
+    ):
+        k = len(sids)
+        if not k:
+            if not (exps or t0s or periods or counts or firsts or widths or differences or gaps):
+                return _NO_TABLE
+        elif (
+            len(exps) == len(t0s) == len(periods) == len(counts) == len(firsts) == len(widths) == k
+            and min(sids) > 0
+            and min(exps) > -10
+            and max(exps) < 10
+            and min(periods) >= 0
+            and min(counts) > 0
+            and set(widths) <= _WIDTHS
+        ):
+            packed = _pack_table(table, k)
+            if packed is not None:
+                return packed
+    return _exact_table_columns(table)
+
+
+_WIDTHS = frozenset(_WIDTH_CODES)
+_NO_TABLE: _Columns = ((), (), (), (), (), (), 0, _PACK_HEADER.pack(0, 0, 0, -1))
+# The largest size of a difference of each width (8: taken modulo 2**64, never out of range).
+_REACH = {1: 1 << 7, 2: 1 << 15, 4: 1 << 31, 8: 0}
+
+
+def _unfit_series(table: list[Any]) -> int | None:
+    """The index of the first series of a table (checked but for this) whose mantissas leave
+    the signed 64-bit range, ``None`` when all fit. Only differences narrower than 8 bytes
+    can take a mantissa out; a whole-column bound spares the sums in the usual case."""
+    _sids, _exps, _t0s, _periods, counts, firsts, widths, differences, _gaps = table
+    reach = list(map(mul, map(sub, counts, repeat(1)), map(_REACH.__getitem__, widths)))
+    if min(map(sub, firsts, reach)) >= INT64_MIN and max(map(add, firsts, reach)) <= INT64_MAX:
+        return None
+    at = 0
+    for i, (first, count, width) in enumerate(zip(firsts, counts, widths, strict=True)):
+        if width < 8 and count > 1:
+            own = struct.unpack_from(f"<{count - 1}{_WIDTH_CODES[width]}", differences, at)
+            mantissas = list(accumulate(own, initial=first))
+            if min(mantissas) < INT64_MIN or max(mantissas) > INT64_MAX:
+                return i
+        at += (count - 1) * width
+    return None
+
+
+def _pack_table(table: list[Any], k: int) -> _Columns | None:
+    """The columns of a table of integers whose shape and small ranges were checked;
+    ``None`` when one of the rules :func:`_exact_table_columns` names is broken."""
+    sids, exps, t0s, periods, counts, firsts, widths, differences, gaps = table
+    n = sum(counts)
+    if n > MAX_SAMPLES or len(differences) != sum(map(mul, map(sub, counts, repeat(1)), widths)):
+        return None
+    if _unfit_series(table) is not None:
+        return None
+    t_lasts = list(map(add, t0s, map(mul, map(sub, counts, repeat(1)), periods)))
+    times: list[int] = []
+    if 0 in periods:
+        start = 0
+        for i in compress(range(k), map((0).__eq__, periods)):
+            count = counts[i]
+            if count < 2:
+                return None
+            own = gaps[start : start + count - 1]
+            start += count - 1
+            if len(own) != count - 1 or min(own) < 0:
+                return None
+            times += accumulate(own, initial=t0s[i])
+            t_lasts[i] = times[-1]
+        if start != len(gaps):
+            return None
+    elif gaps:
+        return None
+    m = len(times)
+    try:
+        # Every signal id within u16, t0, last time and first mantissa within 64 bits (and
+        # integers), and times in between (they never decrease).
+        head = struct.pack(
+            pack_format(k, n, m, -1),
+            *(k, n, m, -1),
+            *sids,
+            *exps,
+            *t0s,
+            *t_lasts,
+            *counts,
+            *map((0).__eq__, periods),
+            *firsts,
+        )
+    except struct.error:
+        return None
+    packed = b"".join((head, widths, differences, struct.pack(f"<{m}q", *times)))
+    columns = (tuple(sids), tuple(exps), tuple(t0s), tuple(periods), tuple(counts))
+    return (*columns, tuple(t_lasts), n, packed)
+
+
+def _exact_table_columns(table: list[Any]) -> _Columns:
+    """The columns of a version-2 series table, every rule checked in turn."""
+    sids, exps, t0s, periods, counts, firsts, widths, differences, gaps = table
+    for name, column in zip(_TABLE_COLUMNS, table, strict=False):
+        if type(column) is not list or not set(map(type, column)) <= _INT_ONLY:
+            _fail("bad_series", f"{name} (series table) must be an array of integers")
+    k = len(sids)
+    for name, column in zip(_TABLE_COLUMNS[1:], table[1:6], strict=True):
+        if len(column) != k:
+            _fail("length_mismatch", f"{len(column)} {name} for {k} signal ids")
+    if type(widths) is not bytes:
+        _fail("bad_series", "widths (series table) must be a byte string")
+    if len(widths) != k:
+        _fail("length_mismatch", f"{len(widths)} widths for {k} signal ids")
+    for i in range(k):
+        where = f"series[{i}]"
+        if not 1 <= sids[i] <= 65535:
+            _fail("bad_series", f"{where}: signal id must be in 1..65535, got {sids[i]}")
+        where = f"{where} (signal {sids[i]})"
+        if not -9 <= exps[i] <= 9:
+            _fail("bad_series", f"{where}: exp must be in -9..9, got {exps[i]}")
+        if counts[i] < 1:
+            _fail("bad_series", f"{where}: a series needs at least one sample")
+        if periods[i] < 0:  # what the CDDL's uint refuses
+            _fail("bad_times", f"{where}: negative period {periods[i]}")
+        if periods[i] == 0 and counts[i] < 2:
+            _fail("bad_series", f"{where}: one sample is written in the regular form")
+        if widths[i] not in _WIDTHS:
+            _fail("bad_series", f"{where}: difference width {widths[i]} is not 1, 2, 4 or 8")
+        if not INT64_MIN <= t0s[i] <= INT64_MAX:
+            _fail("out_of_range", f"{where}: a time does not fit in 64 signed bits")
+        if not INT64_MIN <= firsts[i] <= INT64_MAX:
+            _fail("out_of_range", f"{where}: a mantissa does not fit in 64 signed bits")
+    n = sum(counts)
+    if n > MAX_SAMPLES:
+        _fail("too_large", f"{n} samples, more than {MAX_SAMPLES}")
+    if type(differences) is not bytes:
+        _fail("bad_series", "differences (series table) must be a byte string")
+    size = sum(map(mul, map(sub, counts, repeat(1)), widths))
+    if len(differences) != size:
+        _fail("length_mismatch", f"{len(differences)} bytes of differences, expected {size}")
+    if type(gaps) is not list or not set(map(type, gaps)) <= _INT_ONLY:
+        _fail("bad_series", "gaps (series table) must be an array of integers")
+    if gaps and min(gaps) < 0:
+        _fail("bad_times", "a negative gap")
+    wanted = sum(counts[i] - 1 for i in range(k) if periods[i] == 0)
+    if len(gaps) != wanted:
+        _fail("length_mismatch", f"{len(gaps)} gaps for {wanted} in the irregular series")
+    unfit = _unfit_series(table) if k else None
+    if unfit is not None:
+        where = f"series[{unfit}] (signal {sids[unfit]})"
+        _fail("out_of_range", f"{where}: a mantissa does not fit in 64 signed bits")
+    columns = _pack_table(table, k) if k else _NO_TABLE
+    if columns is None:  # only a time beyond 64 bits is left
+        _fail("out_of_range", "a sample time does not fit in 64 signed bits")
+    return columns
+
+
 def decode_uplink_columns(data: bytes | bytearray | memoryview) -> UplinkColumns:
     """What :func:`decode_uplink` decodes, as :class:`UplinkColumns`.
 
@@ -733,8 +1024,11 @@ def decode_uplink_columns(data: bytes | bytearray | memoryview) -> UplinkColumns
     but checks well-formed series a column at a time rather than one by one, and makes no
     tuple of times: the fast way for a payload that is stored rather than looked at.
     """
-    doc, vin, seq, base_time_ms, trigger, privacy, raw_series = _header(data)
-    columns = _fast_columns(raw_series, bytes(data)) or _exact_columns(raw_series)
+    doc, version, vin, seq, base_time_ms, trigger, privacy, raw_series = _header(data)
+    if version == 2:
+        columns = _table_columns(raw_series)
+    else:
+        columns = _fast_columns(raw_series, bytes(data)) or _exact_columns(raw_series)
     sids, exps, t0s, periods, counts, t_lasts, n_samples, packed = columns
     _check_totals(n_samples, sids)
     boot = _get_uint(doc, 7, "boot", 1) if 7 in doc else 0

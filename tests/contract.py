@@ -9,9 +9,13 @@ import pycddl
 
 CDDL = resources.files("firmware_sim").joinpath("uplink.cddl").read_text(encoding="utf-8")
 SCHEMA = pycddl.Schema(CDDL)
-# pycddl 0.6 checks only the first element of an array of arrays, so each series is also
-# validated on its own against the file's ``series`` rule.
+# pycddl 0.6 checks only the first element of an array of arrays, so each series of a
+# version-1 payload is also validated on its own against the file's ``series`` rule; and
+# inside the whole payload it lets any integer pass for a ``table-exp``, so the series table
+# of a version-2 payload is validated on its own against ``series-table``. It also lets
+# any non-empty array pass for the choice of two maps ``uplink``: the map is checked here.
 SERIES_SCHEMA = pycddl.Schema("tcusim-series = series\n" + CDDL)
+TABLE_SCHEMA = pycddl.Schema("tcusim-table = series-table\n" + CDDL)
 
 
 def conforms(data: bytes) -> bool:
@@ -19,8 +23,13 @@ def conforms(data: bytes) -> bool:
     try:
         SCHEMA.validate_cbor(data)
         doc = cbor2.loads(data)
-        for series in doc[6]:
-            SERIES_SCHEMA.validate_cbor(cbor2.dumps(series))
+        if type(doc) is not dict:
+            return False
+        if doc[0] == 1:
+            for series in doc[6]:
+                SERIES_SCHEMA.validate_cbor(cbor2.dumps(series))
+        else:
+            TABLE_SCHEMA.validate_cbor(cbor2.dumps(doc[6]))
     except pycddl.ValidationError:
         return False
     return True
