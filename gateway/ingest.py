@@ -268,7 +268,7 @@ def _ack(client: aiomqtt.Client, batch: list[aiomqtt.Message]) -> int:
     return acked
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity (``list.remove``)
 class _Pending:
     """One batch on its way to the store: the received messages, what they became as
     :class:`Message`, and the future of their verdicts from a decoding process, or the
