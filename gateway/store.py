@@ -36,7 +36,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import repeat
 from operator import add, le, mul, truediv
 from pathlib import Path
@@ -98,11 +98,14 @@ def sample_value(mantissa: int, exp: int) -> Value:
     return mantissa / divisor
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def rfc3339(ms: int | None) -> str | None:
     """Epoch milliseconds as an RFC 3339 UTC time, e.g. ``2026-11-22T10:00:00.000Z``."""
     if ms is None:
         return None
-    stamp = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    stamp = _EPOCH + timedelta(milliseconds=ms)  # exact (no float seconds)
     return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

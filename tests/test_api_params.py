@@ -19,6 +19,7 @@ from gateway.api.hal import (
     parse_time_ms,
     parse_timestamps,
 )
+from gateway.store import rfc3339 as store_rfc3339
 
 
 def rfc3339(t_ms: int) -> str:
@@ -52,6 +53,16 @@ def test_index_range_refuses_with_400_or_parses(text: str) -> None:
 @given(times)
 def test_rfc3339_times_parse_back(t_ms: int) -> None:
     assert parse_time_ms(rfc3339(t_ms)) == t_ms
+
+
+@given(st.integers(min_value=-62_135_596_800_000, max_value=253_402_300_799_999))
+def test_the_gateways_times_are_exact_to_the_millisecond(t_ms: int) -> None:
+    # What every response carries: no millisecond lost to float seconds (years 1 to 9999).
+    text = store_rfc3339(t_ms)
+    assert text is not None
+    assert parse_time_ms(text) == t_ms
+    if t_ms >= 0:
+        assert text == rfc3339(t_ms)
 
 
 @given(st.integers(86_400_000, 253_402_214_399_000), st.integers(-14 * 60, 14 * 60))
