@@ -110,9 +110,28 @@ def test_bad_callbacks_are_400_1(world: World) -> None:
     refused(call(world, "POST", "/user/callbacks", content=b"{not json"), 40001)
 
 
-def test_callbacks_need_a_data_scope(world: World) -> None:
-    token = world.token(scopes=("remote:horn:write",))
-    refused(call(world, "GET", "/user/callbacks", token), 40301)
+def test_callbacks_need_a_data_or_a_remote_scope(world: World) -> None:
+    # An app that only sends remote commands makes the callback its remotes report to.
+    remote_only = world.token(scopes=("remote:horn:write",))
+    created = new_callback(world, remote_only, type=["Remote"])
+    cbid = created["callbackId"]
+    assert cbid in str(call(world, "GET", "/user/callbacks", remote_only).json())
+    # Monitors watch data: they need a data scope.
+    base = f"{world.user_path('ev')}/callbacks/{cbid}/monitors"
+    refused(call(world, "POST", base, remote_only, json=LOW_BATTERY), 40301)
+    assert call(world, "DELETE", f"/user/callbacks/{cbid}", remote_only).status_code == 204
+    fleet_remote_only = world.token("fleet-a", ("remote:horn:write",), kind="fleet")
+    fleet_base = "/fleets/fleet-a/remote/callbacks"
+    made = call(world, "POST", fleet_base, fleet_remote_only, json={"callback": WEBHOOK})
+    assert made.status_code == 202, made.text
+    fleet_cbid = made.json()["callbackId"]
+    refused(call(world, "GET", "/fleets/fleet-a/monitors", fleet_remote_only), 40301)
+    gone = call(world, "DELETE", f"{fleet_base}/{fleet_cbid}", fleet_remote_only)
+    assert gone.status_code == 204
+    # Neither: refused.
+    nothing = world.token(scopes=())
+    refused(call(world, "GET", "/user/callbacks", nothing), 40301)
+    refused(call(world, "POST", "/user/callbacks", nothing, json={"callback": WEBHOOK}), 40301)
 
 
 def test_monitor_lifecycle(world: World) -> None:

@@ -42,7 +42,7 @@ from gateway.api.b2c import (
 from gateway.api.errors import ApiError
 from gateway.api.hal import DEFAULT_PAGE_SIZE, link
 from gateway.api.security import principal, require_fleet, require_user
-from gateway.auth import Principal, catalog_scopes
+from gateway.auth import REMOTE_SCOPES, Principal, catalog_scopes
 from gateway.monitors import (
     MAX_MONITORS_PER_VEHICLE,
     MonitorError,
@@ -78,7 +78,18 @@ async def _any_data_scope(
     return who
 
 
+async def _any_callback_scope(
+    who: Annotated[Principal, Security(principal, scopes=[*DATA_SCOPES, *REMOTE_SCOPES])],
+) -> Principal:
+    """The principal, whose token must carry a data or a remote scope (403/1): callbacks
+    serve monitors (data) and remote commands alike."""
+    if not any(s in who.scopes for s in (*DATA_SCOPES, *REMOTE_SCOPES)):
+        raise ApiError(403, "the token has neither a data nor a remote scope", detail=1)
+    return who
+
+
 DataScoped = [Depends(_any_data_scope)]
+CallbackScoped = [Depends(_any_callback_scope)]
 
 
 def _new_id() -> str:
@@ -250,7 +261,7 @@ def _set_callback_status(request: Request, who: Principal, cbid: str, status: st
 
 # -- B2C --------------------------------------------------------------------------------------
 
-user_router = APIRouter(default_response_class=HalResponse, dependencies=DataScoped)
+user_router = APIRouter(default_response_class=HalResponse)
 User = Annotated[Principal, Depends(require_user)]
 
 _CREATED: dict[int | str, dict[str, Any]] = {
@@ -264,6 +275,7 @@ _DELETED: dict[int | str, dict[str, Any]] = {204: {"description": "Deleted"}}
 
 @user_router.post(
     "/user/callbacks",
+    dependencies=CallbackScoped,
     tags=["Callbacks"],
     summary="Create a callback",
     status_code=202,
@@ -273,12 +285,14 @@ _DELETED: dict[int | str, dict[str, Any]] = {204: {"description": "Deleted"}}
 def create_user_callback(
     request: Request, who: User, body: Annotated[models.CallbackSubscribe, Body()]
 ) -> HalResponse:
-    """A webhook for monitor events; the answer shows its signing secret, once."""
+    """A webhook for monitor events and remote commands; the answer shows its signing
+    secret, once."""
     return _create_callback(request, who, _parse_user_callback(body))
 
 
 @user_router.get(
     "/user/callbacks",
+    dependencies=CallbackScoped,
     tags=["Callbacks"],
     summary="The user's callbacks",
     response_model=models.Callbacks,
@@ -298,6 +312,7 @@ def get_user_callbacks(
 
 @user_router.get(
     "/user/callbacks/{cbid}",
+    dependencies=CallbackScoped,
     tags=["Callbacks"],
     summary="One callback",
     response_model=models.UserCallback,
@@ -310,6 +325,7 @@ def get_user_callback(request: Request, who: User, cbid: CallbackId) -> HalRespo
 
 @user_router.put(
     "/user/callbacks/{cbid}",
+    dependencies=CallbackScoped,
     tags=["Callbacks"],
     summary="Replace a callback's subscription",
     status_code=202,
@@ -329,6 +345,7 @@ def put_user_callback(
 
 @user_router.delete(
     "/user/callbacks/{cbid}",
+    dependencies=CallbackScoped,
     tags=["Callbacks"],
     summary="Delete a callback and its monitors",
     status_code=204,
@@ -343,6 +360,7 @@ def delete_user_callback(request: Request, who: User, cbid: CallbackId) -> Respo
 
 @user_router.put(
     "/user/callbacks/{cbid}/status",
+    dependencies=CallbackScoped,
     tags=["Callbacks"],
     summary="Pause or resume a callback",
     status_code=202,
@@ -451,6 +469,7 @@ _MONITOR_CHANGED: dict[int | str, dict[str, Any]] = {
 
 @user_router.post(
     "/user/vehicles/{id}/callbacks/{cbid}/monitors",
+    dependencies=DataScoped,
     tags=["Monitors"],
     summary="Create a monitor",
     status_code=202,
@@ -488,6 +507,7 @@ def create_monitor(
 
 @user_router.get(
     "/user/vehicles/{id}/callbacks/{cbid}/monitors",
+    dependencies=DataScoped,
     tags=["Monitors"],
     summary="The vehicle's monitors on a callback",
     response_model=models.Monitors,
@@ -517,6 +537,7 @@ def get_monitors(
 
 @user_router.get(
     "/user/vehicles/{id}/callbacks/{cbid}/monitors/{mid}",
+    dependencies=DataScoped,
     tags=["Monitors"],
     summary="One monitor",
     response_model=models.Monitor,
@@ -537,6 +558,7 @@ def get_monitor(
 
 @user_router.put(
     "/user/vehicles/{id}/callbacks/{cbid}/monitors/{mid}",
+    dependencies=DataScoped,
     tags=["Monitors"],
     summary="Replace a monitor",
     status_code=202,
@@ -571,6 +593,7 @@ def put_monitor(
 
 @user_router.delete(
     "/user/vehicles/{id}/callbacks/{cbid}/monitors/{mid}",
+    dependencies=DataScoped,
     tags=["Monitors"],
     summary="Delete a monitor",
     status_code=204,
@@ -594,6 +617,7 @@ def delete_monitor(
 
 @user_router.put(
     "/user/vehicles/{id}/callbacks/{cbid}/monitors/{mid}/status",
+    dependencies=DataScoped,
     tags=["Monitors"],
     summary="Pause or resume a monitor",
     status_code=202,
@@ -626,12 +650,13 @@ def put_monitor_status(
 
 # -- B2B --------------------------------------------------------------------------------------
 
-fleet_router = APIRouter(default_response_class=HalResponse, dependencies=DataScoped)
+fleet_router = APIRouter(default_response_class=HalResponse)
 FleetP = Annotated[Principal, Depends(require_fleet)]
 
 
 @fleet_router.post(
     "/fleets/{fid}/remote/callbacks",
+    dependencies=CallbackScoped,
     tags=["Fleet"],
     summary="Create a fleet callback",
     status_code=202,
@@ -651,6 +676,7 @@ def create_fleet_callback(
 
 @fleet_router.get(
     "/fleets/{fid}/remote/callbacks",
+    dependencies=CallbackScoped,
     tags=["Fleet"],
     summary="The fleet's callbacks",
     response_model=models.FleetCallbacks,
@@ -670,6 +696,7 @@ def get_fleet_callbacks(
 
 @fleet_router.get(
     "/fleets/{fid}/remote/callbacks/{cbid}",
+    dependencies=CallbackScoped,
     tags=["Fleet"],
     summary="One fleet callback",
     response_model=models.FleetCallback,
@@ -684,6 +711,7 @@ def get_fleet_callback(
 
 @fleet_router.put(
     "/fleets/{fid}/remote/callbacks/{cbid}",
+    dependencies=CallbackScoped,
     tags=["Fleet"],
     summary="Replace a fleet callback's subscription",
     status_code=202,
@@ -704,6 +732,7 @@ def put_fleet_callback(
 
 @fleet_router.delete(
     "/fleets/{fid}/remote/callbacks/{cbid}",
+    dependencies=CallbackScoped,
     tags=["Fleet"],
     summary="Delete a fleet callback",
     status_code=204,
@@ -720,6 +749,7 @@ def delete_fleet_callback(
 
 @fleet_router.put(
     "/fleets/{fid}/remote/callbacks/{cbid}/status",
+    dependencies=CallbackScoped,
     tags=["Fleet"],
     summary="Pause or resume a fleet callback",
     status_code=202,
@@ -863,6 +893,7 @@ def _drop_members(store: Store, record: Record | None) -> None:
 
 @fleet_router.post(
     "/fleets/{fid}/monitors",
+    dependencies=DataScoped,
     tags=["Fleet"],
     summary="Create a fleet monitor",
     status_code=202,
@@ -891,6 +922,7 @@ def create_fleet_monitor(
 
 @fleet_router.get(
     "/fleets/{fid}/monitors",
+    dependencies=DataScoped,
     tags=["Fleet"],
     summary="The fleet's monitors",
     response_model=models.Monitors,
@@ -916,6 +948,7 @@ def get_fleet_monitors(
 
 @fleet_router.get(
     "/fleets/{fid}/monitors/{mid}",
+    dependencies=DataScoped,
     tags=["Fleet"],
     summary="One fleet monitor",
     response_model=models.Monitor,
@@ -928,6 +961,7 @@ def get_fleet_monitor(request: Request, who: FleetP, fid: FleetId, mid: MonitorI
 
 @fleet_router.put(
     "/fleets/{fid}/monitors/{mid}",
+    dependencies=DataScoped,
     tags=["Fleet"],
     summary="Replace a fleet monitor",
     status_code=202,
@@ -953,6 +987,7 @@ def put_fleet_monitor(
 
 @fleet_router.delete(
     "/fleets/{fid}/monitors/{mid}",
+    dependencies=DataScoped,
     tags=["Fleet"],
     summary="Delete a fleet monitor",
     status_code=204,
@@ -972,6 +1007,7 @@ def delete_fleet_monitor(request: Request, who: FleetP, fid: FleetId, mid: Monit
 
 @fleet_router.put(
     "/fleets/{fid}/monitors/{mid}/status",
+    dependencies=DataScoped,
     tags=["Fleet"],
     summary="Pause or resume a fleet monitor",
     status_code=202,
