@@ -9,10 +9,12 @@ messages go up on ``{prefix}/{vin}/cmd``, timers go to the box's scheduler, stat
 flash. Like :class:`~firmware_sim.box.Tcu` it owns no clock, so it runs unchanged in simulated
 time and on a bench.
 
-A command that arrives while the box sleeps is its shoulder tap: the modem stays registered
-and keeps the broker session, the application sleeps. The command waits until the box is
-awake (``wake_delay_ms`` later, one of the month's wake-ups) and is checked then; with the
-month's wake-ups spent it is refused (``TooManyWakeUpsOverMonth``) and dropped.
+A command that arrives while the box sleeps, and passes the checks that need no wake-up
+(``CommandVerifier.precheck``: signature, VIN, nonce, expiry; else it is refused at once), is
+its shoulder tap: the modem stays registered and keeps the broker session, the application
+sleeps. The command waits until the box is awake (``wake_delay_ms`` later, one of the
+month's wake-ups) and is checked then; with the month's wake-ups spent it is refused
+(``TooManyWakeUpsOverMonth``) and dropped.
 """
 
 from __future__ import annotations
@@ -232,20 +234,38 @@ class CommandLink:
             self.stats.received += 1
             self._run_power(self.power.on_activity(now_ms))
             if self.asleep:
+                # Garbage, a forgery or a replay must not spend the month's wake-ups.
+                if not self._worth_waking(ticket, raw, now_ms):
+                    continue
                 self.stats.held_asleep += 1
                 self._held.append((ticket, raw))
                 self._run_power(self.power.shoulder_tap(now_ms, _peek_id(raw)))
                 continue
             self._take(ticket, raw, now_ms)
 
+    def _worth_waking(self, ticket: int, raw: bytes, now_ms: int) -> bool:
+        """Whether a command that came while asleep passes :meth:`CommandVerifier.precheck`
+        (else it is refused, and taken, at once)."""
+        try:
+            self.verifier.precheck(raw)
+        except Refusal as refusal:
+            self._refuse(ticket, refusal, now_ms)
+            return False
+        except StoreError as exc:  # the nonces cannot be read: let the awake box decide
+            log.warning("box %s: command not prechecked, nonce store failed: %s", self.vin, exc)
+        return True
+
+    def _refuse(self, ticket: int, refusal: Refusal, now_ms: int) -> None:
+        self.stats.refused[refusal.reason] = self.stats.refused.get(refusal.reason, 0) + 1
+        log.info("box %s: command refused (%s): %s", self.vin, refusal.reason, refusal.detail)
+        self._status(refusal.status(self.vin, now_ms))
+        self._ack_command(ticket)
+
     def _take(self, ticket: int, raw: bytes, now_ms: int) -> None:
         try:
             command = self.verifier.verify(raw)
         except Refusal as refusal:
-            self.stats.refused[refusal.reason] = self.stats.refused.get(refusal.reason, 0) + 1
-            log.info("box %s: command refused (%s): %s", self.vin, refusal.reason, refusal.detail)
-            self._status(refusal.status(self.vin, now_ms))
-            self._ack_command(ticket)
+            self._refuse(ticket, refusal, now_ms)
             return
         except StoreError as exc:  # the nonce store failed: left for the broker to resend
             self.stats.store_errors += 1

@@ -747,21 +747,47 @@ class CommandVerifier:
 
         A failure of the nonce store raises :class:`~firmware_sim.errors.StoreError`.
         """
-        command_id = b""
         with self._lock:
-            try:
-                doc = _read_map(raw, "command")
-                command_id = _peek_id(doc)
-                signature, signed_part = _envelope(doc, bytes(raw))
-                if not hmac.compare_digest(_mac(self._key, signed_part), signature):
-                    _fail("bad_signature", "the signature does not match this vehicle's key")
-                cmd = _fields(doc)
-                return self._admit(cmd)
-            except Refusal:
-                raise
-            except DownlinkError as exc:
-                cause = REFUSAL_CAUSES[exc.reason]
-                raise Refusal(exc.reason, cause, exc.detail, command_id) from None
+            return self._refusing(raw, self._admit)
+
+    def precheck(self, raw: bytes | bytearray | memoryview) -> Command:
+        """The command in ``raw`` if it may be worth waking for; else :class:`Refusal`.
+
+        What a sleeping box checks before it spends one of the month's wake-ups: a
+        well-formed signed map, its signature, its fields, its VIN, a nonce not seen before,
+        and an expiry not yet past. It remembers nothing: :meth:`verify` decides, awake.
+        """
+
+        def worth_waking(cmd: Command) -> Command:
+            if cmd.vin != self.vin:
+                _fail("wrong_vin", f"addressed to {cmd.vin}, this is {self.vin}")
+            if self.nonces.seen(cmd.nonce):
+                _fail("replayed", "this command's nonce was seen before")
+            now = self.clock_ms()
+            if now >= cmd.expires_at_ms + self.skew_ms:
+                _fail("expired", f"expired {now - cmd.expires_at_ms} ms ago")
+            return cmd
+
+        with self._lock:
+            return self._refusing(raw, worth_waking)
+
+    def _refusing(
+        self, raw: bytes | bytearray | memoryview, then: Callable[[Command], Command]
+    ) -> Command:
+        """``then`` of the authentic command in ``raw``; every failure as a :class:`Refusal`."""
+        command_id = b""
+        try:
+            doc = _read_map(raw, "command")
+            command_id = _peek_id(doc)
+            signature, signed_part = _envelope(doc, bytes(raw))
+            if not hmac.compare_digest(_mac(self._key, signed_part), signature):
+                _fail("bad_signature", "the signature does not match this vehicle's key")
+            return then(_fields(doc))
+        except Refusal:
+            raise
+        except DownlinkError as exc:
+            cause = REFUSAL_CAUSES[exc.reason]
+            raise Refusal(exc.reason, cause, exc.detail, command_id) from None
 
     def _admit(self, cmd: Command) -> Command:
         """The checks of an authentic, well-formed command (under the lock)."""

@@ -359,6 +359,49 @@ def test_a_sleeping_car_is_woken_then_served(make_car: Any) -> None:
     assert car.vehicle.body is not None and car.vehicle.body.stats.requests == 2  # wake-up, horn
 
 
+def test_what_a_sleeping_box_refuses_spends_no_wake_up(make_car: Any) -> None:
+    car, station = make_car(settings=SLEEPY)  # one wake-up a month
+    assert car.box.commands is not None
+    # A command the box served while awake, to replay later.
+    good = station.command("horn", {"beeps": 1})
+    raw_good = sign_command(good, KEY)
+    station.publish(raw_good)
+    station.run_until(lambda: any(s.status.done for s in station.of(good.command_id)))
+    car.run_for(120)
+    assert car.box.asleep and car.box.stats.wakes == {}
+    forged = station.command("horn", {"beeps": 1})
+    expired = station.command("horn", {"beeps": 1}, issued_at_ms=START_MS - 3_600_000)
+    elsewhere = station.command("horn", {"beeps": 1}, vin="VR3UHZKXZMT200009")
+    before = car.box.commands.stats.received
+    station.publish(b"\xa1\x00garbage")
+    station.publish(sign_command(forged, vehicle_key(b"x" * 32, VIN)))
+    station.publish(sign_command(expired, KEY))
+    station.publish(sign_command(elsewhere, KEY))
+    station.publish(raw_good)  # a replay
+    link = car.box.commands
+    station.run_until(lambda: link.stats.received >= before + 5)
+    for cmd in (forged, expired, elsewhere):
+        station.run_until(lambda c=cmd: bool(station.of(c.command_id)))
+        assert station.of(cmd.command_id)[-1].status.value == "Failed"
+    station.run_until(lambda: len(station.of(good.command_id)) > 3)
+    assert station.of(good.command_id)[-1].detail.startswith("replayed")
+    car.run_for(30)
+    assert car.box.asleep  # none of them woke it, nor spent the month's wake-up
+    assert car.box.stats.wakes == {}
+    assert link.stats.refused == {
+        "not_cbor": 1,
+        "bad_signature": 1,
+        "expired": 1,
+        "wrong_vin": 1,
+        "replayed": 1,
+    }
+    assert link.stats.held_asleep == 0
+    # The wake-up they did not spend serves a good command.
+    statuses = station.send("horn", {"beeps": 2})
+    assert names(statuses) == ["Accepted", "WakingUpVehicle", "SentToVehicle", "Success"]
+    assert car.box.stats.wakes == {"tap": 1}
+
+
 def test_the_ignition_wakes_the_box_and_the_car(make_car: Any) -> None:
     car, station = make_car(settings=SLEEPY)
     car.run_for(120)

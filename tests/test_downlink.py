@@ -725,6 +725,40 @@ def test_any_single_byte_change_is_refused(cmd: Command, data: st.DataObject) ->
         assert len(nonces) == 0  # nothing unauthentic is remembered
 
 
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(commands(st.just(VIN)), st.data())
+def test_the_precheck_of_a_sleeping_box_passes_only_what_verify_may_accept(
+    cmd: Command, data: st.DataObject
+) -> None:
+    """Garbage, forgeries, other vehicles, replays and expired commands never pass it (so
+    they spend no wake-up), it remembers nothing, and what it passes verify accepts or
+    refuses only for the order or the queue."""
+    raw = sign_command(cmd, KEY)
+    choice = data.draw(st.sampled_from(["as is", "byte", "expired", "replay"]))
+    now = cmd.issued_at_ms
+    if choice == "byte":
+        changed = bytearray(raw)
+        i = data.draw(st.integers(0, len(raw) - 1))
+        changed[i] = data.draw(st.integers(0, 255).filter(lambda b: b != changed[i]))
+        raw = bytes(changed)
+    elif choice == "expired":
+        now = cmd.expires_at_ms + CLOCK_SKEW_MS
+    with NonceCache(":memory:") as nonces:
+        v = CommandVerifier(VIN, KEY, nonces, clock_ms=lambda: now)
+        if choice == "replay":
+            nonces.remember(cmd.nonce, cmd.expires_at_ms + CLOCK_SKEW_MS, now_ms=now)
+        remembered = len(nonces)
+        try:
+            v.precheck(raw)
+        except Refusal as refusal:
+            assert choice != "as is"
+            assert refusal.reason in REFUSAL_REASONS
+        else:
+            assert choice == "as is"
+            assert len(nonces) == remembered and v.queued == ()
+            assert v.verify(raw) == cmd
+
+
 # ---------------------------------------------------------------------------------------------
 # The box's checks
 
