@@ -28,10 +28,13 @@ The subscribers:
   SQLite file (connected and subscribed, paused with SIGSTOP while the backlog is
   published; the clock runs from SIGCONT).
 
-The headline ``ratio`` is the gateway's uploads/s on SQLite over the baseline's
-(``--decode-processes N`` gives the gateway, and the ``--share`` processes, another number
-of decoding processes). Run ``python benchmarks/ingest.py``; the last line is JSON and is
-also written to ``benchmarks/results/ingest.json``.
+The baseline and the gateway on SQLite are measured ``--rounds`` times (default 3), in turn,
+each on a broker of its own; the headline ``ratio`` is the median of the gateway's uploads/s
+over the median of the baseline's, and each round's own ratio is printed beside it (the
+speed of a shared machine drifts by a tenth or more from run to run). The other subscribers
+are measured once. ``--decode-processes N`` gives the gateway, and the ``--share``
+processes, another number of decoding processes. Run ``python benchmarks/ingest.py``; the
+last line is JSON and is also written to ``benchmarks/results/ingest.json``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import os
 import platform
 import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -293,6 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--uploads", type=int, default=5000, help="uploads per measurement")
     parser.add_argument("--batch-size", type=int, default=256, help="the gateway's batch_size")
     parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of the baseline and the gateway on SQLite"
+    )
+    parser.add_argument(
         "--decode-processes",
         type=int,
         metavar="N",
@@ -302,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--publish", nargs=3, metavar=("URL", "CARS", "UPLOADS"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.publish:
         url, cars, uploads = args.publish
         publish(url, int(cars), int(uploads))
@@ -311,19 +320,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{uploads} uploads of {cars} cars, {len(sample)} bytes each (one minute of driving)")
     with tempfile.TemporaryDirectory(prefix="tcusim-bench-ingest-") as tmp:
         root = Path(tmp)
-        with mosquitto(root / "bare") as broker:
-            bare = measure_bare(broker, cars, uploads)
-        print(_row("bare aiomqtt subscriber (baseline)", bare))
-        with mosquitto(root / "sqlite") as broker:
-            sqlite = measure_gateway(
-                broker,
-                str(root / "gateway.sqlite3"),
-                cars,
-                uploads,
-                args.batch_size,
-                decode_processes=processes,
+        bares: list[float] = []
+        rounds: list[dict[str, Any]] = []
+        for i in range(args.rounds):
+            with mosquitto(root / f"bare-{i}") as broker:
+                bares.append(measure_bare(broker, cars, uploads))
+            with mosquitto(root / f"sqlite-{i}") as broker:
+                rounds.append(
+                    measure_gateway(
+                        broker,
+                        str(root / f"gateway-{i}.sqlite3"),
+                        cars,
+                        uploads,
+                        args.batch_size,
+                        decode_processes=processes,
+                    )
+                )
+            own = rounds[-1]["uploads_per_s"] / bares[-1]
+            print(
+                f"  round {i + 1}: baseline {bares[-1]:,.0f}/s, gateway into SQLite"
+                f" {rounds[-1]['uploads_per_s']:,}/s, ratio {own:.2f}"
             )
-        label = f"gateway into SQLite ({sqlite['decode_processes']} decoding processes)"
+        bare = statistics.median(bares)
+        sqlite = dict(sorted(rounds, key=lambda r: r["uploads_per_s"])[len(rounds) // 2])
+        print(_row("bare aiomqtt subscriber (baseline), median", bare))
+        label = f"gateway into SQLite ({sqlite['decode_processes']} decoding processes), median"
         print(_row(label, sqlite["uploads_per_s"]))
         with mosquitto(root / "inprocess") as broker:
             inprocess = measure_gateway(
@@ -363,7 +384,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "uploads": uploads,
         "payload_bytes": len(sample),
         "batch_size": args.batch_size,
+        "rounds": args.rounds,
         "bare_subscriber_uploads_per_s": round(bare),
+        "bare_subscriber_rounds": [round(b) for b in bares],
+        "gateway_sqlite_rounds": [r["uploads_per_s"] for r in rounds],
+        "ratio_rounds": [
+            round(r["uploads_per_s"] / b, 2) for r, b in zip(rounds, bares, strict=True)
+        ],
         "gateway_sqlite": sqlite,
         "gateway_sqlite_in_process": inprocess,
         "gateway_postgresql": postgres,
