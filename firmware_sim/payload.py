@@ -416,7 +416,7 @@ def _series_table(series: Sequence[Series]) -> list[Any]:
 def encode_uplink(u: Uplink, *, version: int = FORMAT_VERSION) -> bytes:
     """The CBOR payload of ``u`` in format ``version`` (one of :data:`FORMAT_VERSIONS`);
     :class:`PayloadError` when ``u`` cannot be represented."""
-    if version not in FORMAT_VERSIONS:
+    if type(version) is not int or version not in FORMAT_VERSIONS:
         raise ValueError(f"version must be one of {FORMAT_VERSIONS}, not {version!r}")
     vin = u.vin
     if type(vin) is not str or _VIN.fullmatch(vin) is None:
@@ -842,11 +842,6 @@ def _exact_columns(raw_series: list[Any]) -> _Columns:
     )
     sids, exps, t0s, t_lasts, counts = columns
     return sids, exps, t0s, periods, counts, t_lasts, n, packed
-
-
-def _first_index(column: Sequence[int], bad: Callable[[int], bool]) -> int:
-    """The index of the first element of ``column`` that is ``bad`` (one is)."""
-    return next(i for i, x in enumerate(column) if bad(x))
 
 
 def _table_columns(table: list[Any]) -> _Columns:

@@ -28,6 +28,8 @@ def conforms(data: bytes) -> bool:
         if doc[0] == 1:
             for series in doc[6]:
                 SERIES_SCHEMA.validate_cbor(cbor2.dumps(series))
+        elif type(doc[6]) is not list or len(doc[6]) != 9:  # pycddl passes [] for the table
+            return False
         else:
             TABLE_SCHEMA.validate_cbor(cbor2.dumps(doc[6]))
     except pycddl.ValidationError:

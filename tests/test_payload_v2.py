@@ -539,9 +539,10 @@ def test_a_table_of_no_series_has_nothing_else(column: int, value: Any, detail: 
     assert refused[1].startswith(detail)
 
 
-# The refusals the CDDL states and pycddl 0.6 detects, with the table validated on its own.
+# The refusals the CDDL states and pycddl 0.6 detects, with the table validated on its own
+# (and its length checked by ``conforms``: pycddl passes an empty array for it).
 TABLE_CONTRACT_REFUSES = [
-    "table of 8", "table of 10", "table as a map", "sids not an array",
+    "empty table", "table of 8", "table of 10", "table as a map", "sids not an array",
     "sid float", "sid text", "exps null", "exp float", "t0 float", "period float",
     "count array", "first float", "signal id 0", "signal id 65536", "exp 10", "exp -10",
     "count 0", "widths as an array", "widths as text", "differences as an array",
@@ -656,3 +657,9 @@ def test_mantissas_near_the_bounds(
     else:
         assert isinstance(result, Uplink)
         assert result.series[0].mantissas == tuple(sums)
+
+
+@pytest.mark.parametrize("version", [True, 2.0, 1.0, 0, 3, "2", None])
+def test_the_encoder_writes_no_version_the_decoder_refuses(version: object) -> None:
+    with pytest.raises(ValueError, match="version"):
+        encode_uplink(example(), version=version)  # type: ignore[arg-type]
