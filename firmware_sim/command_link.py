@@ -258,7 +258,9 @@ class CommandLink:
     def _refuse(self, ticket: int, refusal: Refusal, now_ms: int) -> None:
         self.stats.refused[refusal.reason] = self.stats.refused.get(refusal.reason, 0) + 1
         log.info("box %s: command refused (%s): %s", self.vin, refusal.reason, refusal.detail)
-        self._status(refusal.status(self.vin, now_ms))
+        # A refused command was never queued: its id (read before any check, so anybody's)
+        # must not release the queued command that carries it.
+        self._status(refusal.status(self.vin, now_ms), release=False)
         self._ack_command(ticket)
 
     def _take(self, ticket: int, raw: bytes, now_ms: int) -> None:
@@ -318,7 +320,7 @@ class CommandLink:
 
     # -- outputs ----------------------------------------------------------------------------
 
-    def _status(self, message: StatusMessage) -> None:
+    def _status(self, message: StatusMessage, release: bool = True) -> None:
         try:
             payload = encode_status(message)
         except DownlinkError as exc:  # a bug, not an input: say so loudly, keep running
@@ -327,7 +329,7 @@ class CommandLink:
         self.stats.statuses += 1
         self._publish_status(payload)
         self._run_power(self.power.on_activity(self.scheduler.now_ms))
-        if message.status.done and message.command_id:
+        if release and message.status.done and message.command_id:
             self.verifier.release(message.command_id)
 
     def _run(self, outputs: list[commands.Output]) -> None:

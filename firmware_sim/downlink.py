@@ -755,7 +755,8 @@ class CommandVerifier:
 
         What a sleeping box checks before it spends one of the month's wake-ups: a
         well-formed signed map, its signature, its fields, its VIN, a nonce not seen before,
-        and an expiry not yet past. It remembers nothing: :meth:`verify` decides, awake.
+        an expiry not yet past and an order above the last accepted one (refusals that the
+        wake-up cannot change). It remembers nothing: :meth:`verify` decides, awake.
         """
 
         def worth_waking(cmd: Command) -> Command:
@@ -766,6 +767,9 @@ class CommandVerifier:
             now = self.clock_ms()
             if now >= cmd.expires_at_ms + self.skew_ms:
                 _fail("expired", f"expired {now - cmd.expires_at_ms} ms ago")
+            last = self.nonces.last_order
+            if last is not None and cmd.order <= last:  # orders only grow: so it stays
+                _fail("stale_order", f"order {cmd.order} is not above {last}")
             return cmd
 
         with self._lock:

@@ -458,6 +458,20 @@ def test_forged_expired_replayed_and_misaddressed_commands_are_refused(make_car:
     }
 
 
+def test_a_forgery_carrying_a_queued_commands_id_leaves_it_queued(make_car: Any) -> None:
+    car, station = make_car(delays=5_000)  # the horn answers 5 s after the request
+    link = car.box.commands
+    assert link is not None
+    cmd = station.command("horn", {"beeps": 1})
+    station.publish(sign_command(cmd, KEY))
+    station.run_until(lambda: cmd.command_id in link.verifier.queued)
+    station.publish(sign_command(cmd, vehicle_key(b"x" * 32, VIN)))  # its id, another key
+    station.run_until(lambda: link.stats.refused.get("bad_signature") == 1)
+    assert cmd.command_id in link.verifier.queued  # the refusal released nothing
+    station.run_until(lambda: any(s.status.value == "Success" for s in station.of(cmd.command_id)))
+    assert link.verifier.queued == ()
+
+
 def test_an_offline_car_gets_its_command_when_it_comes_back(make_car: Any) -> None:
     car, station = make_car()
     uplink = car.box.uplink

@@ -730,11 +730,10 @@ def test_any_single_byte_change_is_refused(cmd: Command, data: st.DataObject) ->
 def test_the_precheck_of_a_sleeping_box_passes_only_what_verify_may_accept(
     cmd: Command, data: st.DataObject
 ) -> None:
-    """Garbage, forgeries, other vehicles, replays and expired commands never pass it (so
-    they spend no wake-up), it remembers nothing, and what it passes verify accepts or
-    refuses only for the order or the queue."""
+    """Garbage, forgeries, other vehicles, replays, expired and stale commands never pass it
+    (so they spend no wake-up), it remembers nothing, and what it passes verify accepts."""
     raw = sign_command(cmd, KEY)
-    choice = data.draw(st.sampled_from(["as is", "byte", "expired", "replay"]))
+    choice = data.draw(st.sampled_from(["as is", "byte", "expired", "replay", "stale"]))
     now = cmd.issued_at_ms
     if choice == "byte":
         changed = bytearray(raw)
@@ -747,6 +746,9 @@ def test_the_precheck_of_a_sleeping_box_passes_only_what_verify_may_accept(
         v = CommandVerifier(VIN, KEY, nonces, clock_ms=lambda: now)
         if choice == "replay":
             nonces.remember(cmd.nonce, cmd.expires_at_ms + CLOCK_SKEW_MS, now_ms=now)
+        if choice == "stale":  # a later command was accepted: the order can only grow
+            later = data.draw(st.integers(cmd.order, 2**63 - 1))
+            nonces.remember(b"\x01" * 16, now + 1, now_ms=now, order=later)
         remembered = len(nonces)
         try:
             v.precheck(raw)
