@@ -128,6 +128,19 @@ def test_callbacks_need_a_data_or_a_remote_scope(world: World) -> None:
     refused(call(world, "GET", "/fleets/fleet-a/monitors", fleet_remote_only), 40301)
     gone = call(world, "DELETE", f"{fleet_base}/{fleet_cbid}", fleet_remote_only)
     assert gone.status_code == 204
+    # Without a data scope, no callback that serves monitors: their events carry data.
+    refused(call(world, "POST", "/user/callbacks", remote_only, json={"callback": WEBHOOK}), 40301)
+    monitors = new_callback(world, type=["Monitor", "Remote"])["callbackId"]
+    for method, path, body in (
+        ("GET", f"/user/callbacks/{monitors}", None),
+        ("PUT", f"/user/callbacks/{monitors}", {"callback": WEBHOOK, "type": ["Remote"]}),
+        ("PUT", f"/user/callbacks/{monitors}/status", {"status": "Paused"}),
+        ("DELETE", f"/user/callbacks/{monitors}", None),
+    ):
+        refused(call(world, method, path, remote_only, json=body), 40402)
+    assert monitors not in str(call(world, "GET", "/user/callbacks", remote_only).json())
+    assert call(world, "GET", f"/user/callbacks/{monitors}").status_code == 200  # still there
+    assert call(world, "DELETE", f"/user/callbacks/{monitors}").status_code == 204
     # Neither: refused.
     nothing = world.token(scopes=())
     refused(call(world, "GET", "/user/callbacks", nothing), 40301)

@@ -92,6 +92,24 @@ DataScoped = [Depends(_any_data_scope)]
 CallbackScoped = [Depends(_any_callback_scope)]
 
 
+def _sees_data(who: Principal) -> bool:
+    return any(s in who.scopes for s in DATA_SCOPES)
+
+
+def _serves_monitors(body: Mapping[str, Any]) -> bool:
+    """Whether a callback serves monitors (their events carry the vehicle's data)."""
+    return "Monitor" in body.get("type", ())
+
+
+def _may_make(who: Principal, parsed: dict[str, Any]) -> dict[str, Any]:
+    """``parsed``, a callback the token may make: one that serves monitors (``type`` absent
+    means both) needs a data scope (403/1)."""
+    if _serves_monitors(parsed) and not _sees_data(who):
+        message = 'a callback serving monitors needs a data scope (give "type": ["Remote"])'
+        raise ApiError(403, message, detail=1)
+    return parsed
+
+
 def _new_id() -> str:
     return secrets.token_hex(16)
 
@@ -186,9 +204,19 @@ def _parse_user_callback(body: models.CallbackSubscribe) -> dict[str, Any]:
 
 def _callback(request: Request, who: Principal, cbid: str) -> Record:
     record = _store(request).get_record("callback", cbid)
-    if record is None or not _mine(record, who) or record.body.get("fleetMonitor"):
+    if record is None or not _visible(record, who):
         raise ApiError(404, "no such callback", detail=2)
     return record
+
+
+def _visible(record: Record, who: Principal) -> bool:
+    """Whether ``who`` sees the callback: its own client's, not a fleet monitor's, and
+    without a data scope none that serves monitors (it would redirect their data)."""
+    return (
+        _mine(record, who)
+        and not record.body.get("fleetMonitor")
+        and (_sees_data(who) or not _serves_monitors(record.body))
+    )
 
 
 def _create_callback(request: Request, who: Principal, parsed: dict[str, Any]) -> HalResponse:
@@ -208,11 +236,7 @@ def _list_callbacks(
     page_size: int,
 ) -> HalResponse:
     p = paging(request, index_range, page_size, None)
-    records = [
-        r
-        for r in _store(request).records("callback", owner=who.owner)
-        if _mine(r, who) and not r.body.get("fleetMonitor")
-    ]
+    records = [r for r in _store(request).records("callback", owner=who.owner) if _visible(r, who)]
     if types:
         records = [r for r in records if set(types) & set(r.body.get("type", []))]
     records.sort(key=lambda r: (r.created_ms, r.id))
@@ -287,7 +311,7 @@ def create_user_callback(
 ) -> HalResponse:
     """A webhook for monitor events and remote commands; the answer shows its signing
     secret, once."""
-    return _create_callback(request, who, _parse_user_callback(body))
+    return _create_callback(request, who, _may_make(who, _parse_user_callback(body)))
 
 
 @user_router.get(
@@ -340,7 +364,7 @@ def put_user_callback(
     body: Annotated[models.CallbackSubscribe, Body()],
 ) -> HalResponse:
     """The whole subscription is replaced; status and secret stay."""
-    return _replace_callback(request, who, cbid, _parse_user_callback(body))
+    return _replace_callback(request, who, cbid, _may_make(who, _parse_user_callback(body)))
 
 
 @user_router.delete(
