@@ -10,7 +10,7 @@ flash. Like :class:`~firmware_sim.box.Tcu` it owns no clock, so it runs unchange
 time and on a bench.
 
 A command that arrives while the box sleeps, and passes the checks that need no wake-up
-(``CommandVerifier.precheck``: signature, VIN, nonce, expiry; else it is refused at once), is
+(``CommandVerifier.precheck``: signature, VIN, nonce, expiry, order; else it is refused), is
 its shoulder tap: the modem stays registered and keeps the broker session, the application
 sleeps. The command waits until the box is awake (``wake_delay_ms`` later, one of the
 month's wake-ups) and is checked then; with the month's wake-ups spent it is refused
