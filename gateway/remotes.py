@@ -834,16 +834,26 @@ def notify(store: Store, record: Record, now_ms: int) -> str:
 
 # -- the status listener -------------------------------------------------------------------------
 
+# Refusals that cannot be about a command the vehicle already took: a redelivered copy of it
+# (``replayed``), or a copy that did not parse or was not signed with the vehicle's key (the
+# id of such a copy is read before any check: anybody's).
+_NOT_ABOUT_A_TAKEN_COMMAND = frozenset(
+    ("replayed", "not_cbor", "malformed", "unsigned", "bad_signature")
+)
+
 
 @dataclass
 class ListenerStats:
     """What the status listener did; ``rejected`` counts bad messages by reason,
-    ``replay_refusals`` the ignored ``replayed`` refusals of commands already reported on."""
+    ``replay_refusals`` the ignored ``replayed`` refusals of commands already reported on,
+    ``forged_refusals`` the ignored refusals of unauthentic copies of them (a command that
+    did not parse or whose signature failed, carrying the id of one the vehicle took)."""
 
     received: int = 0
     applied: int = 0
     duplicates: int = 0
     replay_refusals: int = 0
+    forged_refusals: int = 0
     notified: int = 0
     not_notified: Counter[str] = field(default_factory=Counter)
     expired: int = 0
@@ -995,8 +1005,9 @@ class RemoteStatusListener:
 
     def handle(self, topic: str, payload: bytes) -> str:
         """Apply one status message; ``"applied"``, ``"duplicate"``, ``"replayed"`` (a
-        ``replayed`` refusal of a command the vehicle already reported on, ignored) or the
-        rejection reason.
+        ``replayed`` refusal of a command the vehicle already reported on, ignored),
+        ``"forged"`` (a refusal of an unparsable or unsigned copy of such a command, ignored)
+        or the rejection reason.
 
         Raises only :class:`GatewayError` from the store.
         """
@@ -1032,10 +1043,15 @@ class RemoteStatusListener:
             ):
                 self.stats.duplicates += 1
                 return "duplicate"
-        if self._replayed(status, record):
-            self.stats.replay_refusals += 1
-            log.info("replayed refusal of remote %s ignored: %s", record.id, status.detail[:200])
-            return "replayed"
+        refused_for = self._refusal_reason(status.detail) if status.status == "Failed" else ""
+        if refused_for in _NOT_ABOUT_A_TAKEN_COMMAND and self._heard_from(record):
+            if refused_for == "replayed":
+                self.stats.replay_refusals += 1
+            else:
+                self.stats.forged_refusals += 1
+            detail = status.detail[:200]
+            log.info("%s refusal of remote %s ignored: %s", refused_for, record.id, detail)
+            return "replayed" if refused_for == "replayed" else "forged"
         if record.body.get("status") in DONE_STATUSES:
             detail = f"{status.status} after {record.body.get('status')}"
             return self._reject(now, topic, "already_done", detail)
@@ -1056,12 +1072,10 @@ class RemoteStatusListener:
         self._notify(updated, now)
         return "applied"
 
-    def _replayed(self, status: _Status, record: Record) -> bool:
-        """Whether ``status`` refuses a redelivered command the vehicle already reported on."""
-        if status.status != "Failed" or self._refusal_reason(status.detail) != "replayed":
-            return False
-        history = record.body.get("history", [])
-        return any(entry.get("source") == "vehicle" for entry in history)
+    @staticmethod
+    def _heard_from(record: Record) -> bool:
+        """Whether the vehicle already reported on the remote (it took the command)."""
+        return any(entry.get("source") == "vehicle" for entry in record.body.get("history", []))
 
     def _notify(self, record: Record, now: int) -> None:
         why = notify(self.store, record, now)

@@ -671,6 +671,43 @@ def test_a_replayed_refusal_fails_only_a_remote_never_heard_from(
     assert len(env.store.deliveries(callback_id=cbid)) == 3
 
 
+@pytest.mark.parametrize("reason", ["bad_signature", "unsigned", "malformed", "not_cbor"])
+def test_a_forged_copys_refusal_fails_only_a_remote_never_heard_from(
+    env: Env, broker: AnyBroker, reason: str
+) -> None:
+    """A box refuses an unauthentic command carrying a real command's id (the id is read
+    before any check): no news about a command the vehicle took; the answer to one it never
+    took (the key it holds is not the gateway's)."""
+    from firmware_sim.downlink import REFUSAL_CAUSES, Refusal, encode_status  # noqa: PLC0415
+
+    cbid = env.callback(type=["Remote"])["callbackId"]
+    heard, silent = secrets.token_bytes(16), secrets.token_bytes(16)
+    _remote(env, cbid, heard.hex())
+    _remote(env, cbid, silent.hex())
+    listener = RemoteStatusListener(env.store, broker.url, clock_ms=env.clock)
+    topic = f"tcusim/v1/{EV}/cmd"
+
+    def refused(cid: bytes, at_ms: int) -> bytes:
+        refusal = Refusal(reason, REFUSAL_CAUSES[reason], "not this vehicle's command", cid)
+        return encode_status(refusal.status(EV, at_ms))
+
+    assert listener.handle(topic, status_message(heard, "Accepted", NOW_MS)) == "applied"
+    assert listener.handle(topic, refused(heard, NOW_MS + 1)) == "forged"
+    record = env.store.get_record(REMOTE_KIND, heard.hex())
+    assert record is not None and record.body["status"] == "Accepted"
+    assert listener.stats.forged_refusals == 1 and listener.stats.replay_refusals == 0
+    assert listener.handle(topic, status_message(heard, "Success", NOW_MS + 2)) == "applied"
+    # never heard from: the refusal is the vehicle's answer
+    assert listener.handle(topic, refused(silent, NOW_MS + 3)) == "applied"
+    record = env.store.get_record(REMOTE_KIND, silent.hex())
+    assert record is not None
+    assert (record.body["status"], record.body["failureCause"]) == (
+        "Failed",
+        REFUSAL_CAUSES[reason].value,
+    )
+    assert len(env.store.deliveries(callback_id=cbid)) == 3
+
+
 def test_an_unanswered_remote_expires(env: Env, broker: AnyBroker) -> None:
     cbid = env.callback(type=["Remote"])["callbackId"]
     rid = secrets.token_hex(16)
