@@ -181,10 +181,7 @@ class UplinkColumns:
 
     def series(self) -> tuple[Series, ...]:
         """The series as :class:`Series`, as :func:`decode_uplink` gives them."""
-        return tuple(
-            Series(sid, exp, tuple(times), tuple(mantissas))
-            for sid, exp, times, mantissas in unpack_series(self.packed)
-        )
+        return _unpacked(self.packed)
 
     def uplink(self) -> Uplink:
         """The :class:`Uplink` that :func:`decode_uplink` gives for the same payload."""
@@ -221,6 +218,14 @@ def pack_format(k: int, n: int, m: int, width: int) -> str:
     if width < 0:
         return f"<4q{k}H{k}b{k}q{k}q{k}i{k}B{k}q"
     return f"<4q{k}H{k}b{k}q{k}q{k}i{k}B{n}{'i' if width == 4 else 'q'}{m}q"
+
+
+def _unpacked(packed: bytes) -> tuple[Series, ...]:
+    """Every packed series as a :class:`Series`."""
+    return tuple(
+        Series(sid, exp, tuple(times), tuple(mantissas))
+        for sid, exp, times, mantissas in unpack_series(packed)
+    )
 
 
 def _wrap64(value: int) -> int:
@@ -687,10 +692,7 @@ def decode_uplink(data: bytes | bytearray | memoryview) -> Uplink:
     if version == 2:
         sids, _exps, _t0s, _periods, _counts, _t_lasts, n, packed = _table_columns(raw_series)
         _check_totals(n, sids)
-        series = tuple(
-            Series(sid, exp, tuple(times), tuple(mantissas))
-            for sid, exp, times, mantissas in unpack_series(packed)
-        )
+        series = _unpacked(packed)
     else:
         series = tuple([_decode_series(raw, i) for i, raw in enumerate(raw_series)])
         _check_totals(sum([len(s.mantissas) for s in series]), [s.signal_id for s in series])
