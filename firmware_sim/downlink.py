@@ -760,20 +760,33 @@ class CommandVerifier:
         """
 
         def worth_waking(cmd: Command) -> Command:
-            if cmd.vin != self.vin:
-                _fail("wrong_vin", f"addressed to {cmd.vin}, this is {self.vin}")
-            if self.nonces.seen(cmd.nonce):
-                _fail("replayed", "this command's nonce was seen before")
-            now = self.clock_ms()
-            if now >= cmd.expires_at_ms + self.skew_ms:
-                _fail("expired", f"expired {now - cmd.expires_at_ms} ms ago")
-            last = self.nonces.last_order
-            if last is not None and cmd.order <= last:  # orders only grow: so it stays
-                _fail("stale_order", f"order {cmd.order} is not above {last}")
+            verdict = self._judge(cmd, self.clock_ms(), awake=False)
+            if verdict is not None:
+                _fail(*verdict)
             return cmd
 
         with self._lock:
             return self._refusing(raw, worth_waking)
+
+    def _judge(self, cmd: Command, now: int, *, awake: bool) -> tuple[str, str] | None:
+        """Why an authentic command is refused at ``now`` (``None``: it is not). A command for
+        another vehicle or seen before raises at once; the other reasons are returned, for
+        :meth:`_admit` to remember the nonce first. Asleep (``awake=False``) only those a
+        wake-up cannot change count: not ``not_yet_valid`` nor ``queue_full``."""
+        if cmd.vin != self.vin:
+            _fail("wrong_vin", f"addressed to {cmd.vin}, this is {self.vin}")
+        if self.nonces.seen(cmd.nonce):
+            _fail("replayed", "this command's nonce was seen before")
+        last = self.nonces.last_order
+        if now >= cmd.expires_at_ms + self.skew_ms:
+            return "expired", f"expired {now - cmd.expires_at_ms} ms ago"
+        if awake and now < cmd.issued_at_ms - self.skew_ms:
+            return "not_yet_valid", f"issued {cmd.issued_at_ms - now} ms ahead of this clock"
+        if last is not None and cmd.order <= last:  # orders only grow
+            return "stale_order", f"order {cmd.order} is not above {last}"
+        if awake and len(self._queue) >= self.max_queue:
+            return "queue_full", f"{len(self._queue)} commands are unfinished"
+        return None
 
     def _refusing(
         self, raw: bytes | bytearray | memoryview, then: Callable[[Command], Command]
@@ -795,21 +808,8 @@ class CommandVerifier:
 
     def _admit(self, cmd: Command) -> Command:
         """The checks of an authentic, well-formed command (under the lock)."""
-        if cmd.vin != self.vin:
-            _fail("wrong_vin", f"addressed to {cmd.vin}, this is {self.vin}")
-        if self.nonces.seen(cmd.nonce):
-            _fail("replayed", "this command's nonce was seen before")
         now = self.clock_ms()
-        verdict: tuple[str, str] | None = None
-        last = self.nonces.last_order
-        if now >= cmd.expires_at_ms + self.skew_ms:
-            verdict = "expired", f"expired {now - cmd.expires_at_ms} ms ago"
-        elif now < cmd.issued_at_ms - self.skew_ms:
-            verdict = "not_yet_valid", f"issued {cmd.issued_at_ms - now} ms ahead of this clock"
-        elif last is not None and cmd.order <= last:
-            verdict = "stale_order", f"order {cmd.order} is not above {last}"
-        elif len(self._queue) >= self.max_queue:
-            verdict = "queue_full", f"{len(self._queue)} commands are unfinished"
+        verdict = self._judge(cmd, now, awake=True)
         keep_until = cmd.expires_at_ms + self.skew_ms + NONCE_MARGIN_MS
         order = cmd.order if verdict is None else None
         self.nonces.remember(cmd.nonce, keep_until, now_ms=now, order=order)
