@@ -69,11 +69,16 @@ CallbackTypesQ = Annotated[
 ]
 
 
+def _sees_data(who: Principal) -> bool:
+    """Whether the token carries a data scope."""
+    return any(s in who.scopes for s in DATA_SCOPES)
+
+
 async def _any_data_scope(
     who: Annotated[Principal, Security(principal, scopes=list(DATA_SCOPES))],
 ) -> Principal:
     """The principal, whose token must carry at least one data scope (403/1)."""
-    if not any(s in who.scopes for s in DATA_SCOPES):
+    if not _sees_data(who):
         raise ApiError(403, "the token has no data scope", detail=1)
     return who
 
@@ -90,10 +95,6 @@ async def _any_callback_scope(
 
 DataScoped = [Depends(_any_data_scope)]
 CallbackScoped = [Depends(_any_callback_scope)]
-
-
-def _sees_data(who: Principal) -> bool:
-    return any(s in who.scopes for s in DATA_SCOPES)
 
 
 def _serves_monitors(body: Mapping[str, Any]) -> bool:
