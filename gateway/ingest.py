@@ -246,6 +246,78 @@ def _enable_manual_ack(client: aiomqtt.Client) -> bool:
     return True
 
 
+class _ReadAhead:
+    """A paho client's socket that reads ahead.
+
+    paho reads an MQTT packet in three or more ``recv`` calls (its type, its length a byte
+    at a time, then its body), each a system call; this one serves them from one read of up
+    to ``size`` bytes. Its ``pending()`` counts what it holds, so that aiomqtt's reader goes
+    on reading while packets are buffered (as it does for a TLS socket's decrypted bytes).
+    It reads the socket once per turn of the event loop (``loop``): a later ``recv`` on an
+    empty buffer raises ``BlockingIOError`` (paho keeps the partial packet), so that a broker
+    sending without a pause cannot hold the loop in aiomqtt's reader. Everything else is the
+    socket's own.
+    """
+
+    __slots__ = ("_at", "_buffer", "_loop", "_read", "_size", "_sock")
+
+    def __init__(self, sock: Any, loop: asyncio.AbstractEventLoop, size: int = 1 << 16) -> None:
+        self._sock = sock
+        self._loop = loop
+        self._size = size
+        self._buffer = b""
+        self._at = 0
+        self._read = False  # the socket was read in this turn of the loop
+
+    def recv(self, bufsize: int) -> bytes:
+        """Up to ``bufsize`` bytes: buffered ones, or one read of the socket's (its errors,
+        ``BlockingIOError`` for none, and ``b""`` at the end, as they are)."""
+        buffer, at = self._buffer, self._at
+        if at >= len(buffer):
+            if self._read:
+                raise BlockingIOError("read again at the next turn of the event loop")
+            read: bytes = self._sock.recv(max(bufsize, self._size))
+            self._read = True
+            self._loop.call_soon(self._next_turn)
+            if len(read) <= bufsize:
+                self._buffer, self._at = b"", 0
+                return read
+            self._buffer = buffer = read
+            at = 0
+        end = min(at + bufsize, len(buffer))
+        self._at = end
+        return buffer[at:end]
+
+    def _next_turn(self) -> None:
+        self._read = False
+
+    def pending(self) -> int:
+        """Bytes held here, and in the socket's own buffer (TLS)."""
+        own = getattr(self._sock, "pending", None)
+        return len(self._buffer) - self._at + (own() if own is not None else 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _read_ahead(client: aiomqtt.Client, loop: asyncio.AbstractEventLoop) -> bool:
+    """Give the paho client's sockets a :class:`_ReadAhead` as they open (``False``: this
+    aiomqtt has no paho client)."""
+    paho = getattr(client, "_client", None)
+    if paho is None or not hasattr(paho, "on_socket_open"):
+        return False
+    opened = paho.on_socket_open
+
+    def on_socket_open(paho_client: Any, userdata: Any, sock: Any) -> None:
+        wrapped = _ReadAhead(sock, loop)
+        paho_client._sock = wrapped  # what paho reads, writes and closes
+        if opened is not None:
+            opened(paho_client, userdata, wrapped)
+
+    paho.on_socket_open = on_socket_open
+    return True
+
+
 _PUBACK = 0x40
 _PUBACK_PACKET = struct.Struct("!BBH")  # PUBACK, remaining length 2, packet id
 
@@ -343,6 +415,7 @@ class _DecodePool:
         self._closed = threading.Event()
         self._threads: list[threading.Thread] = []
         self._procs: set[subprocess.Popen[bytes]] = set()
+        self._serving: set[subprocess.Popen[bytes]] = set()  # the ready ones
 
     def start(self) -> None:
         """Start the processes (in the background: this returns at once)."""
@@ -366,6 +439,10 @@ class _DecodePool:
         self._closed.set()
         for _ in self._threads:
             self._jobs.put(None)
+        with self._lock:
+            starting = self._procs - self._serving
+        for proc in starting:  # no need to wait until it is ready only to stop it
+            proc.kill()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -423,6 +500,7 @@ class _DecodePool:
             with self._lock:
                 self._ready += 1
                 self._failing = False
+                self._serving.add(proc)
             ready = True
             while (job := self._jobs.get()) is not None:
                 future, items = job
@@ -448,6 +526,7 @@ class _DecodePool:
             if ready:
                 with self._lock:
                     self._ready -= 1
+                    self._serving.discard(proc)
             with contextlib.suppress(OSError):
                 proc.stdin.close()
             try:
@@ -628,6 +707,7 @@ class Gateway:
     async def _session(self, stopping: asyncio.Event, subscribed: asyncio.Event) -> None:
         client = self._client()
         self.stats.manual_ack = _enable_manual_ack(client)
+        _read_ahead(client, asyncio.get_running_loop())
         if not self.stats.manual_ack:
             log.warning("manual acknowledgements unavailable: a crash may lose a message")
         async with client:
@@ -665,9 +745,12 @@ class Gateway:
         """Receive batches and hand them to :meth:`_commit` (a pipeline of batches: while one
         is stored, the next ones are received and decoded)."""
         messages = client.messages
-        # Received and not yet acknowledged batches: one being stored, one per process, and
-        # with processes one more that the gateway's process may check while it waits.
-        slots = asyncio.Semaphore(self.decode_processes + (2 if self.decode_processes else 1))
+        # Received and not yet acknowledged batches: one being stored; with processes, also
+        # one being received, two per process (one checked, one waiting for it) and one that
+        # the gateway's process may check while it waits. Fewer left the processes waiting
+        # for the gateway's process to receive (``benchmarks/ingest.py``).
+        processes = self.decode_processes
+        slots = asyncio.Semaphore(2 * processes + 3 if processes else 1)
         pending: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._inflight, self._arrived = [], asyncio.Event()
         lost = asyncio.Event()  # the connection is gone: a failing store need not be retried

@@ -192,9 +192,9 @@ def test_a_killed_decoding_process_loses_nothing(
     assert gw.wait_until(lambda s: s.payload_count(vin) == n, WAIT), gw.stats
     assert gw.reader().seq_gaps(vin) == []
     assert gw.running
-    # It is started again, and checks batches again.
-    assert wait_for(lambda: len(decoding_processes()) == 1 and pid not in decoding_processes())
+    # It is started again (once a batch finds it dead), and checks batches again.
     warm_up(gw, box)
+    assert wait_for(lambda: len(decoding_processes()) == 1 and pid not in decoding_processes())
 
 
 def test_the_processes_start_with_the_gateway_and_end_with_it(
