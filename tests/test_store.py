@@ -270,6 +270,28 @@ def test_a_file_that_is_not_a_database_is_refused_read_only(tmp_path: Path) -> N
         SqliteStore(path, read_only=True)
 
 
+def test_a_new_file_takes_the_stores_page_size_and_an_old_one_keeps_its_own(
+    tmp_path: Path,
+) -> None:
+    new, old = tmp_path / "new.sqlite3", tmp_path / "old.sqlite3"
+    with sqlite3.connect(old) as conn:  # a file made with SQLite's default page size
+        conn.execute("PRAGMA page_size=4096")
+        conn.execute("PRAGMA journal_mode=WAL")
+    stores = [SqliteStore(new), SqliteStore(old)]
+    for path, store, size in zip((new, old), stores, (SqliteStore.PAGE_SIZE, 4096), strict=True):
+        raw = uplink()
+        message = Message(f"tcusim/v1/{VINS[0]}/up", raw, BASE, VINS[0], Kind.UPLINK)
+        assert [r.outcome for r in store.ingest_many([message])] == [Outcome.ACCEPTED]
+        store.close()
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("PRAGMA page_size").fetchone() == (size,)
+        with SqliteStore(path) as again:  # opened again: the same size, the data there
+            assert [p.raw for p in again.payloads(VINS[0])] == [raw]
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("PRAGMA page_size").fetchone() == (size,)
+    assert SqliteStore.PAGE_SIZE != 4096
+
+
 # -- values -----------------------------------------------------------------------------
 
 
