@@ -255,8 +255,10 @@ class _ReadAhead:
     on reading while packets are buffered (as it does for a TLS socket's decrypted bytes).
     It reads the socket once per turn of the event loop (``loop``): a later ``recv`` on an
     empty buffer raises ``BlockingIOError`` (paho keeps the partial packet), so that a broker
-    sending without a pause cannot hold the loop in aiomqtt's reader. Everything else is the
-    socket's own.
+    sending without a pause cannot hold the loop in aiomqtt's reader (bytes the socket
+    itself holds, a TLS socket's decrypted ones, are read whatever the turn). Everything
+    else is the socket's own; aiomqtt, which applies its ``socket_options`` only to a
+    ``socket.socket``, skips them for this one (the gateway gives none).
     """
 
     __slots__ = ("_at", "_buffer", "_loop", "_read", "_size", "_sock")
@@ -274,11 +276,12 @@ class _ReadAhead:
         ``BlockingIOError`` for none, and ``b""`` at the end, as they are)."""
         buffer, at = self._buffer, self._at
         if at >= len(buffer):
-            if self._read:
+            if self._read and not self._held():
                 raise BlockingIOError("read again at the next turn of the event loop")
             read: bytes = self._sock.recv(max(bufsize, self._size))
-            self._read = True
-            self._loop.call_soon(self._next_turn)
+            if not self._read:
+                self._read = True
+                self._loop.call_soon(self._next_turn)
             if len(read) <= bufsize:
                 self._buffer, self._at = b"", 0
                 return read
@@ -291,10 +294,15 @@ class _ReadAhead:
     def _next_turn(self) -> None:
         self._read = False
 
+    def _held(self) -> int:
+        """Bytes the socket itself holds, read off the wire (TLS, a websocket's frame): they
+        are read at once, whatever the turn, as no readable event would announce them."""
+        held = getattr(self._sock, "pending", None)
+        return int(held()) if held is not None else 0
+
     def pending(self) -> int:
-        """Bytes held here, and in the socket's own buffer (TLS)."""
-        own = getattr(self._sock, "pending", None)
-        return len(self._buffer) - self._at + (own() if own is not None else 0)
+        """Bytes held here and by the socket itself."""
+        return len(self._buffer) - self._at + self._held()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
