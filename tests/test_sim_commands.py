@@ -682,8 +682,12 @@ def test_the_immobiliser_holds_the_engine_until_released(bench: Bench) -> None:
     counter = command(bench, A.IMMOBILIZER_ON, wait=1.0)
     assert bench.feedback(counter)[-1] == (counter, A.IMMOBILIZER_ON, R.DONE)
     assert state.immobilized
-    state.apply({"Vehicle.LowVoltageSystemState": 3})  # the key turns to start
+    state.apply({"Vehicle.LowVoltageSystemState": 2})  # the key turns to On...
+    state.apply({"Vehicle.LowVoltageSystemState": 3})  # ...and to Start: one attempt
     assert not state.ignition_on and state.starts_refused == 1
+    state.apply({"Vehicle.LowVoltageSystemState": 0})  # back, and a second turn
+    state.apply({"Vehicle.LowVoltageSystemState": 3})
+    assert not state.ignition_on and state.starts_refused == 2
     counter = command(bench, A.IMMOBILIZER_ON, wait=1.0)
     assert bench.feedback(counter)[-1] == (counter, A.IMMOBILIZER_ON, R.ALREADY_DONE)
     counter = command(bench, A.IMMOBILIZER_OFF, wait=1.0)

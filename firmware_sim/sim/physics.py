@@ -280,7 +280,8 @@ class VehicleState:
         self._charge_requested = False
         self._crashed = False
         self.immobilized = False  # the immobiliser holds: the engine does not start
-        self.starts_refused = 0  # ignition On/Start asked while immobilised
+        self.starts_refused = 0  # turns of the key to On/Start while immobilised
+        self._key_turned = False  # the refused key is still at On or Start
         self._lv_weak = False
         self._manual_low_fuel = False
         self._pending_s = 0.0  # time and distance not yet taken into the slow quantities
@@ -375,8 +376,12 @@ class VehicleState:
             elif name == LOW_FUEL:
                 self.alert(name, bool(value))
             elif name == IGNITION and self.immobilized and value in (2, 3) and not self.ignition_on:
-                self.starts_refused += 1  # the key turns, the engine does not start
+                if not self._key_turned:  # On, then Start: one turn of the key
+                    self.starts_refused += 1  # the key turns, the engine does not start
+                self._key_turned = True
             else:
+                if name == IGNITION:
+                    self._key_turned = False
                 self.values[name] = value
         self._refresh()
 
