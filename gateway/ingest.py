@@ -401,14 +401,18 @@ class _DecodePool:
 
     Each is a fresh interpreter (``python -c``, never a fork: the gateway's process has
     threads; and no re-import of the ``__main__`` script either), fed pickled batches on its
-    stdin by a thread of the gateway's that reads the verdicts back from its stdout. The
-    processes start in the background; the batches submitted meanwhile wait for them (or are
-    cancelled, see :meth:`Gateway._verdicts`). A process that dies fails its batch (checked
-    in the gateway's process then) and is started again; while none is up after a failure,
-    :meth:`submit` returns ``None`` (check the batch in the gateway's process). A process
-    exits when its stdin closes, so none outlives the gateway's process. :meth:`close` stops
-    them.
+    stdin by a thread of the gateway's as they are submitted, while another reads the
+    verdicts back from its stdout. The processes start in the background; the batches
+    submitted meanwhile wait for them (or are cancelled, see :meth:`Gateway._verdicts`). A
+    process that dies fails the batches it was given (checked in the gateway's process then)
+    and is started again (within :attr:`POLL_S` when idle); while none is up after a
+    failure, :meth:`submit` returns ``None`` (check the batch in the gateway's process). A
+    process exits when its stdin closes, so none outlives the gateway's process.
+    :meth:`close` stops them.
     """
+
+    POLL_S = 0.5
+    """How often a process's idle writer looks whether its reader found the process dead."""
 
     def __init__(self, processes: int, checker: Checker) -> None:
         self.processes = processes
@@ -488,7 +492,12 @@ class _DecodePool:
             delay = min(delay * 2, 10.0)
 
     def _run_process(self) -> str:
-        """Run one process until it fails (why) or the pool closes ("")."""
+        """Run one process until it fails (why) or the pool closes ("").
+
+        This thread writes the batches to the process as they come; a thread of its own
+        reads the verdicts back, in order, meanwhile: the process finds its next batch in
+        its pipe instead of waiting for this process's threads (and their GIL) in between.
+        """
         argv = [sys.executable, "-S", "-c", _DECODE_WORKER, *_import_path()]
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -500,7 +509,15 @@ class _DecodePool:
         with self._lock:
             self._procs.add(proc)
         ready = False
-        future: Future[list[Verdict]] | None = None
+        # The batches written and not answered, in order; ``None`` once no more will be.
+        written: queue.SimpleQueue[Future[list[Verdict]] | None] = queue.SimpleQueue()
+        failure: list[str] = []  # why the reader stopped reading
+        reader = threading.Thread(
+            target=self._read_verdicts,
+            args=(proc, written, failure),
+            name=f"{threading.current_thread().name}-read",
+            daemon=True,
+        )
         try:
             write_frame(proc.stdin, pickle.dumps(self.checker, pickle.HIGHEST_PROTOCOL))
             if read_frame(proc.stdout) is None:
@@ -510,33 +527,34 @@ class _DecodePool:
                 self._failing = False
                 self._serving.add(proc)
             ready = True
-            while (job := self._jobs.get()) is not None:
+            reader.start()
+            while True:
+                try:
+                    job = self._jobs.get(timeout=self.POLL_S)
+                except queue.Empty:
+                    if failure:  # it died with nothing left to write: start another now
+                        return failure[0]
+                    continue
+                if job is None:
+                    return ""
                 future, items = job
                 if not future.set_running_or_notify_cancel():
                     continue
+                written.put(future)  # before it is written: the reader may answer it at once
                 write_frame(proc.stdin, items)
-                reply = read_frame(proc.stdout)
-                if reply is None:
-                    future.set_exception(RuntimeError("a decoding process died"))
-                    return f"exit status {proc.wait()}"
-                verdicts = pickle.loads(reply)
-                if isinstance(verdicts, str):  # the checks raised: the same will here
-                    future.set_exception(RuntimeError(verdicts))
-                else:
-                    future.set_result(verdicts)
-                future = None
-            return ""
-        except Exception as exc:  # a broken pipe, a bad frame: the batch is checked here
-            if future is not None and future.running():
-                future.set_exception(RuntimeError(f"a decoding process failed: {exc}"))
+        except Exception as exc:  # a broken pipe: the batches written are checked here
+            proc.kill()  # the reader fails what it still waits for
             return f"{type(exc).__name__}: {exc}"
         finally:
+            written.put(None)
+            with contextlib.suppress(OSError):
+                proc.stdin.close()  # the process answers what it has, then exits
+            if reader.ident is not None:  # started
+                reader.join()
             if ready:
                 with self._lock:
                     self._ready -= 1
                     self._serving.discard(proc)
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
             try:
                 proc.wait(5.0)
             except subprocess.TimeoutExpired:
@@ -545,6 +563,34 @@ class _DecodePool:
             proc.stdout.close()
             with self._lock:
                 self._procs.discard(proc)
+
+    @staticmethod
+    def _read_verdicts(
+        proc: subprocess.Popen[bytes],
+        written: queue.SimpleQueue[Future[list[Verdict]] | None],
+        failure: list[str],
+    ) -> None:
+        """Answer the written batches' futures in order with the process's verdicts; once
+        it fails (it died, a bad frame), kill it and fail the rest."""
+        assert proc.stdout is not None
+        while (future := written.get()) is not None:
+            if not failure:
+                try:
+                    reply = read_frame(proc.stdout)
+                    if reply is None:
+                        failure.append("a decoding process died")
+                    else:
+                        verdicts = pickle.loads(reply)
+                except Exception as exc:  # a bad frame
+                    failure.append(f"a decoding process failed: {type(exc).__name__}: {exc}")
+                if failure:
+                    proc.kill()  # the writer's next batch fails, and the process restarts
+            if failure:
+                future.set_exception(RuntimeError(failure[0]))
+            elif isinstance(verdicts, str):  # the checks raised: the same will here
+                future.set_exception(RuntimeError(verdicts))
+            else:
+                future.set_result(verdicts)
 
 
 class Gateway:

@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import PahoClient
@@ -31,7 +32,9 @@ from gateway.ingest import (
     presence_topic,
     uplink_topic,
 )
-from gateway.store import Message, SqliteStore, open_store
+from gateway.store import Message, SqliteStore, Store, open_store
+
+Item = tuple[str, bytes, str | None, str]
 
 AnyBroker = MosquittoBroker | EmbeddedBroker
 WAIT = 30.0
@@ -230,6 +233,62 @@ def test_the_pool_checks_as_the_store_does(tmp_path: Path) -> None:
         expected = [store.checker.check(t, raw, v, k) for t, raw, v, k in items]
         assert all(r == expected for r in results)
         assert pool.submit(plain) is None  # closed
+    assert decoding_processes() == []
+
+
+def _batches(store: Store, count: int) -> list[tuple[list[Item], list[Any]]]:
+    """``count`` different batches (each its own vehicles) and their verdicts."""
+    out = []
+    for _ in range(count):
+        items = [(t, raw, *classify_topic(t)) for t, raw in mixed(new_vin(), new_vin())]
+        plain = [(t, raw, v, k.value) for t, raw, v, k in items]
+        out.append((plain, [store.checker.check(t, raw, v, k) for t, raw, v, k in items]))
+    return out
+
+
+def test_each_batch_gets_its_own_verdicts_with_many_in_flight(tmp_path: Path) -> None:
+    with open_store(tmp_path / "g.sqlite3") as store:
+        batches = _batches(store, 12)
+        pool = _DecodePool(1, store.checker)
+        pool.start()
+        try:
+            futures = [pool.submit(plain) for plain, _ in batches]  # all at once
+            results = [f.result(WAIT) if f is not None else None for f in futures]
+        finally:
+            pool.close()
+        assert results == [expected for _, expected in batches]
+
+
+def test_a_process_killed_with_batches_in_flight_fails_each_and_starts_again(
+    tmp_path: Path,
+) -> None:
+    with open_store(tmp_path / "g.sqlite3") as store:
+        batches = _batches(store, 8)
+        pool = _DecodePool(1, store.checker)
+        pool.start()
+        try:
+            plain, expected = batches[0]
+            first = pool.submit(plain)  # answered: the process is up
+            assert first is not None and first.result(WAIT) == expected
+            (pid,) = decoding_processes()
+            os.kill(pid, signal.SIGKILL)
+            futures = [pool.submit(plain) for plain, _ in batches]
+            for future, (_, verdicts) in zip(futures, batches, strict=True):
+                assert future is not None
+                # Answered by the dead process's successor, or failed (checked in the
+                # gateway's process then): never lost, never another batch's verdicts.
+                with contextlib.suppress(RuntimeError):
+                    assert future.result(WAIT) == verdicts
+            assert any(f is not None and f.exception() is not None for f in futures)
+            assert wait_for(lambda: decoding_processes() not in ([], [pid]))
+            deadline = time.monotonic() + WAIT
+            while (again := pool.submit(plain)) is None:  # the new one is not ready yet
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            assert again.result(WAIT) == expected
+            assert pool.restarts == 1
+        finally:
+            pool.close()
     assert decoding_processes() == []
 
 
