@@ -401,16 +401,19 @@ class _DecodePool:
 
     Each is a fresh interpreter (``python -c``, never a fork: the gateway's process has
     threads; and no re-import of the ``__main__`` script either), fed pickled batches on its
-    stdin by a thread of the gateway's as they are submitted, while another reads the
-    verdicts back from its stdout. The processes start in the background; the batches
-    submitted meanwhile wait for them (or are cancelled, see :meth:`Gateway._verdicts`). A
-    process that dies fails the batches it was given (checked in the gateway's process then)
-    and is started again (within :attr:`POLL_S` when idle); while none is up after a
-    failure, :meth:`submit` returns ``None`` (check the batch in the gateway's process). A
-    process exits when its stdin closes, so none outlives the gateway's process.
-    :meth:`close` stops them.
+    stdin by a thread of the gateway's as they are submitted (at most :attr:`DEPTH` at a
+    time), while another reads the verdicts back from its stdout. The processes start in the
+    background; the batches submitted meanwhile wait for them (or are cancelled, see
+    :meth:`Gateway._verdicts`). A process that dies fails the batches it was given (checked
+    in the gateway's process then) and is started again once its reader, or the next batch,
+    finds it dead; while none is up after a failure, :meth:`submit` returns ``None`` (check
+    the batch in the gateway's process). A process exits when its stdin closes, so none
+    outlives the gateway's process. :meth:`close` stops them.
     """
 
+    DEPTH = 2
+    """The batches one process is given at a time: one it checks, one waiting in its pipe
+    (more, and a process could take every batch while the others wait)."""
     POLL_S = 0.5
     """How often a process's idle writer looks whether its reader found the process dead."""
 
@@ -511,10 +514,11 @@ class _DecodePool:
         ready = False
         # The batches written and not answered, in order; ``None`` once no more will be.
         written: queue.SimpleQueue[Future[list[Verdict]] | None] = queue.SimpleQueue()
+        depth = threading.Semaphore(self.DEPTH)  # a batch written takes one, its answer frees it
         failure: list[str] = []  # why the reader stopped reading
         reader = threading.Thread(
             target=self._read_verdicts,
-            args=(proc, written, failure),
+            args=(proc, written, depth, failure),
             name=f"{threading.current_thread().name}-read",
             daemon=True,
         )
@@ -529,16 +533,20 @@ class _DecodePool:
             ready = True
             reader.start()
             while True:
+                if not depth.acquire(timeout=self.POLL_S):
+                    continue  # the process is busy with DEPTH batches
                 try:
                     job = self._jobs.get(timeout=self.POLL_S)
                 except queue.Empty:
-                    if failure:  # it died with nothing left to write: start another now
+                    depth.release()
+                    if failure:  # its reader found it dead: start another now
                         return failure[0]
                     continue
                 if job is None:
                     return ""
                 future, items = job
                 if not future.set_running_or_notify_cancel():
+                    depth.release()
                     continue
                 written.put(future)  # before it is written: the reader may answer it at once
                 write_frame(proc.stdin, items)
@@ -568,10 +576,12 @@ class _DecodePool:
     def _read_verdicts(
         proc: subprocess.Popen[bytes],
         written: queue.SimpleQueue[Future[list[Verdict]] | None],
+        depth: threading.Semaphore,
         failure: list[str],
     ) -> None:
-        """Answer the written batches' futures in order with the process's verdicts; once
-        it fails (it died, a bad frame), kill it and fail the rest."""
+        """Answer the written batches' futures in order with the process's verdicts, each
+        freeing its place in ``depth``; once the process fails (it died, a bad frame), kill
+        it and fail the rest."""
         assert proc.stdout is not None
         while (future := written.get()) is not None:
             if not failure:
@@ -591,6 +601,7 @@ class _DecodePool:
                 future.set_exception(RuntimeError(verdicts))
             else:
                 future.set_result(verdicts)
+            depth.release()
 
 
 class Gateway:

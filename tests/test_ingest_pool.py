@@ -236,56 +236,62 @@ def test_the_pool_checks_as_the_store_does(tmp_path: Path) -> None:
     assert decoding_processes() == []
 
 
-def _batches(store: Store, count: int) -> list[tuple[list[Item], list[Any]]]:
-    """``count`` different batches (each its own vehicles) and their verdicts."""
+def _batches(store: Store, count: int, repeat: int = 1) -> list[tuple[list[Item], list[Any]]]:
+    """``count`` different batches (each its own vehicles, ``repeat`` times) and their
+    verdicts."""
     out = []
     for _ in range(count):
         items = [(t, raw, *classify_topic(t)) for t, raw in mixed(new_vin(), new_vin())]
         plain = [(t, raw, v, k.value) for t, raw, v, k in items]
-        out.append((plain, [store.checker.check(t, raw, v, k) for t, raw, v, k in items]))
+        verdicts = [store.checker.check(t, raw, v, k) for t, raw, v, k in items]
+        out.append((plain * repeat, verdicts * repeat))
     return out
 
 
 def test_each_batch_gets_its_own_verdicts_with_many_in_flight(tmp_path: Path) -> None:
     with open_store(tmp_path / "g.sqlite3") as store:
         batches = _batches(store, 12)
-        pool = _DecodePool(1, store.checker)
-        pool.start()
-        try:
-            futures = [pool.submit(plain) for plain, _ in batches]  # all at once
-            results = [f.result(WAIT) if f is not None else None for f in futures]
-        finally:
-            pool.close()
-        assert results == [expected for _, expected in batches]
+        for processes in (1, 2):
+            pool = _DecodePool(processes, store.checker)
+            pool.start()
+            try:
+                futures = [pool.submit(plain) for plain, _ in batches]  # all at once
+                results = [f.result(WAIT) if f is not None else None for f in futures]
+            finally:
+                pool.close()
+            assert results == [expected for _, expected in batches]
 
 
-def test_a_process_killed_with_batches_in_flight_fails_each_and_starts_again(
+def test_a_process_killed_with_batches_in_flight_fails_them_and_starts_again(
     tmp_path: Path,
 ) -> None:
     with open_store(tmp_path / "g.sqlite3") as store:
-        batches = _batches(store, 8)
+        small, *later = _batches(store, 4)
+        (heavy,) = _batches(store, 1, repeat=2000)  # the process checks it for a while
         pool = _DecodePool(1, store.checker)
         pool.start()
         try:
-            plain, expected = batches[0]
-            first = pool.submit(plain)  # answered: the process is up
-            assert first is not None and first.result(WAIT) == expected
+            futures = [pool.submit(plain) for plain, _ in (small, heavy, *later)]
+            assert all(f is not None for f in futures)  # submitted before any failure
+            assert futures[0] is not None and futures[0].result(WAIT) == small[1]
             (pid,) = decoding_processes()
+            # The heavy batch was written with the small one (DEPTH 2): it is in flight.
             os.kill(pid, signal.SIGKILL)
-            futures = [pool.submit(plain) for plain, _ in batches]
-            for future, (_, verdicts) in zip(futures, batches, strict=True):
+            assert futures[1] is not None
+            with pytest.raises(RuntimeError, match="a decoding process died"):
+                futures[1].result(WAIT)
+            for future, (_, verdicts) in zip(futures[2:], later, strict=True):
                 assert future is not None
                 # Answered by the dead process's successor, or failed (checked in the
                 # gateway's process then): never lost, never another batch's verdicts.
                 with contextlib.suppress(RuntimeError):
                     assert future.result(WAIT) == verdicts
-            assert any(f is not None and f.exception() is not None for f in futures)
             assert wait_for(lambda: decoding_processes() not in ([], [pid]))
             deadline = time.monotonic() + WAIT
-            while (again := pool.submit(plain)) is None:  # the new one is not ready yet
+            while (again := pool.submit(small[0])) is None:  # the new one is not ready yet
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
-            assert again.result(WAIT) == expected
+            assert again.result(WAIT) == small[1]
             assert pool.restarts == 1
         finally:
             pool.close()
