@@ -747,7 +747,7 @@ def test_the_precheck_of_a_sleeping_box_passes_only_what_verify_may_accept(
         if choice == "replay":
             nonces.remember(cmd.nonce, cmd.expires_at_ms + CLOCK_SKEW_MS, now_ms=now)
         if choice == "stale":  # a later command was accepted: the order can only grow
-            later = data.draw(st.integers(cmd.order, 2**63 - 1))
+            later = data.draw(st.integers(cmd.order, 2**64 - 1))  # orders are uint64
             nonces.remember(b"\x01" * 16, now + 1, now_ms=now, order=later)
         remembered = len(nonces)
         try:
