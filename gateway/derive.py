@@ -47,7 +47,7 @@ from can_dbc.catalog import Scope, default_catalog
 from firmware_sim.errors import PayloadError
 from firmware_sim.payload import Privacy, decode_uplink
 from gateway.errors import GatewayError
-from gateway.store import Store, StoredPayload, Value, rfc3339
+from gateway.store import Store, StoredPayload, Value, rfc3339, samples_of
 
 __all__ = [
     "ALARM_TYPES",
@@ -389,11 +389,13 @@ def current_privacy(store: Store, vin: str) -> Privacy:
 
 class _Samples:
     """The samples of one vehicle, loaded per signal on first use, one per time (the last
-    stored wins), in time order, at representable times only."""
+    stored wins), in time order, at representable times only. The vehicle's payloads are
+    read once, on the first use of any signal."""
 
     def __init__(self, store: Store, vin: str) -> None:
         self.store = store
         self.vin = vin
+        self._rows: list[tuple[int, bytes]] | None = None
         self._series: dict[int, list[Point]] = {}
         self._times: dict[int, list[int]] = {}
         self._fixes: list[_Fix] | None = None
@@ -403,8 +405,10 @@ class _Samples:
     def series(self, sid: int) -> list[Point]:
         found = self._series.get(sid)
         if found is None:
+            if self._rows is None:
+                self._rows = self.store.packed_series(self.vin)
             by_time: dict[int, Value] = {}
-            for _s, t, v in self.store.samples(self.vin, sid):
+            for _s, t, v in samples_of(self._rows, sid):
                 if _ok_time(t):
                     by_time[t] = v
             found = sorted(by_time.items())
@@ -457,14 +461,18 @@ class _Samples:
         """Every position fix: a latitude and a longitude sampled at the same time."""
         if self._fixes is None:
             lons = dict(self.series(LON))
+            lats = self.series(LAT)
+            times = [t for t, _lat in lats]
+            alts, headings, qualities = (
+                _at_each(self.series(sid), times, _FIX_AGE_MS) for sid in (ALT, HEADING, QUALITY)
+            )
             fixes = []
-            for t, lat in self.series(LAT):
+            for (t, lat), alt, heading, quality in zip(
+                lats, alts, headings, qualities, strict=True
+            ):
                 lon = lons.get(t)
                 if lon is None or not (-90 <= lat <= 90 and -180 <= lon <= 180):
                     continue
-                alt = self.at(ALT, t, max_age_ms=_FIX_AGE_MS)
-                heading = self.at(HEADING, t, max_age_ms=_FIX_AGE_MS)
-                quality = self.at(QUALITY, t, max_age_ms=_FIX_AGE_MS)
                 fixes.append(
                     _Fix(
                         t,
@@ -488,6 +496,21 @@ class _Samples:
         if fixes and fixes[0].t_ms - t_ms <= _FIX_AFTER_MS:
             return fixes[0]
         return None
+
+
+def _at_each(
+    series: Sequence[Point], times: Iterable[float], max_age_ms: float
+) -> list[Point | None]:
+    """What ``_Samples.at`` gives at each of ``times`` (never decreasing) for a series in
+    time order: one walk along the series instead of a search per time."""
+    out: list[Point | None] = []
+    n, j = len(series), 0
+    for t in times:
+        while j < n and series[j][0] <= t:
+            j += 1
+        point = series[j - 1] if j else None
+        out.append(point if point is not None and t - point[0] <= max_age_ms else None)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

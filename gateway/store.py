@@ -520,6 +520,30 @@ def _time_of(sample: tuple[int, int, Value]) -> int:
     return sample[1]
 
 
+def samples_of(
+    rows: Iterable[tuple[int, bytes]], signal_id: int | None = None
+) -> list[tuple[int, int, Value]]:
+    """``(signal_id, t_ms, value)`` of :meth:`Store.packed_series` rows (of one signal), by
+    signal then time (then arrival)."""
+    by_signal: dict[int, list[tuple[int, int, Value]]] = {}
+    for base, packed in rows:
+        for sid, exp, times, mantissas in unpack_series(packed, signal_id):
+            values: Iterable[Value]
+            if exp >= 0:
+                values = map(mul, mantissas, repeat(10**exp))
+            else:
+                # One correctly rounded division each, as :func:`sample_value`.
+                values = map(truediv, mantissas, repeat(10**-exp))
+            found = by_signal.setdefault(sid, [])
+            found += zip(repeat(sid), map(add, times, repeat(base)), values)
+    out: list[tuple[int, int, Value]] = []
+    for sid in sorted(by_signal):
+        found = by_signal[sid]
+        found.sort(key=_time_of)  # stable: samples of one time stay in arrival order
+        out += found
+    return out
+
+
 def _stored_payload(r: Sequence[Any]) -> StoredPayload:
     return StoredPayload(
         seq=int(r[0]),
@@ -1166,28 +1190,17 @@ class Store(ABC):
 
     def samples(self, vin: str, signal_id: int | None = None) -> list[tuple[int, int, Value]]:
         """``(signal_id, t_ms, value)`` of one vehicle, by signal then time (then arrival)."""
+        return samples_of(self.packed_series(vin), signal_id)
+
+    def packed_series(self, vin: str) -> list[tuple[int, bytes]]:
+        """``(base_time_ms, packed series)`` of the vehicle's payloads with samples, in
+        arrival order: what :func:`samples_of` reads (one query for any number of signals)."""
         rows = self._query(
             "SELECT base_time_ms, series FROM payloads"
             f" WHERE vin = {self._P} AND n_samples > 0 ORDER BY id",
             (vin,),
         )
-        by_signal: dict[int, list[tuple[int, int, Value]]] = {}
-        for base, packed in rows:
-            for sid, exp, times, mantissas in unpack_series(bytes(packed), signal_id):
-                values: Iterable[Value]
-                if exp >= 0:
-                    values = map(mul, mantissas, repeat(10**exp))
-                else:
-                    # One correctly rounded division each, as :func:`sample_value`.
-                    values = map(truediv, mantissas, repeat(10**-exp))
-                found = by_signal.setdefault(sid, [])
-                found += zip(repeat(sid), map(add, times, repeat(int(base))), values)
-        out: list[tuple[int, int, Value]] = []
-        for sid in sorted(by_signal):
-            found = by_signal[sid]
-            found.sort(key=_time_of)  # stable: samples of one time stay in arrival order
-            out += found
-        return out
+        return [(int(base), bytes(packed)) for base, packed in rows]
 
     def last_state(self, vin: str) -> dict[int, tuple[int, Value]]:
         """The latest ``(t_ms, value)`` of each signal of one vehicle."""

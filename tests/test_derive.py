@@ -861,3 +861,21 @@ def test_derive_never_crashes_and_never_leaks_a_position(data: st.DataObject) ->
                 status = views[0]
                 assert status is None or set(status) == {"createdAt", "updatedAt", "privacy"}
                 assert not any(views[1:])
+
+
+@settings(max_examples=200)
+@given(
+    times=st.lists(st.integers(-(10**6), 10**6), max_size=40, unique=True).map(sorted),
+    queries=st.lists(st.integers(-(10**6), 10**6), max_size=40).map(sorted),
+    max_age=st.sampled_from([0, 1, 1000, float("inf")]),
+)
+def test_at_each_is_at_for_every_time(times: list[int], queries: list[int], max_age: float) -> None:
+    """The one-walk lookup of the fixes' altitude, heading and quality gives what the
+    search per time (``_Samples.at``) gives."""
+    series = [(t, float(i)) for i, t in enumerate(times)]
+
+    def at(t: int) -> tuple[int, float] | None:
+        earlier = [p for p in series if p[0] <= t]
+        return earlier[-1] if earlier and t - earlier[-1][0] <= max_age else None
+
+    assert derive._at_each(series, queries, max_age) == [at(t) for t in queries]
