@@ -52,6 +52,15 @@ def _pair() -> Iterator[tuple[socket.socket, socket.socket]]:
         b.close()
 
 
+@contextmanager
+def _event_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    try:
+        yield loop
+    finally:
+        loop.close()
+
+
 def _turn(loop: asyncio.AbstractEventLoop) -> None:
     """One turn of the loop: what ``call_soon`` scheduled runs."""
     loop.run_until_complete(asyncio.sleep(0))
@@ -64,71 +73,59 @@ def _turn(loop: asyncio.AbstractEventLoop) -> None:
     size=st.integers(1, 512),
 )
 def test_the_bytes_come_out_as_they_went_in(data: bytes, sizes: list[int], size: int) -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        with _pair() as (writer, reader):
-            writer.sendall(data)
-            counting = _Counting(reader)
-            sock = _ReadAhead(counting, loop, size=size)
-            got = bytearray()
-            asks = itertools.cycle(sizes)
-            while len(got) < len(data):
-                reads = counting.reads
-                while True:  # one turn: read until the buffer runs dry
-                    want = next(asks)
-                    try:
-                        chunk = sock.recv(want)
-                    except BlockingIOError:
-                        break
-                    assert 0 < len(chunk) <= want
-                    got += chunk
-                    assert sock.pending() == counting.taken - len(got)
-                assert counting.reads - reads <= 1  # at most one read of the socket per turn
-                _turn(loop)
-            assert bytes(got) == data
-            assert sock.pending() == 0
-            with pytest.raises(BlockingIOError):  # nothing more: the socket's own refusal
-                sock.recv(1)
-    finally:
-        loop.close()
+    with _pair() as (writer, reader), _event_loop() as loop:
+        writer.sendall(data)
+        counting = _Counting(reader)
+        sock = _ReadAhead(counting, loop, size=size)
+        got = bytearray()
+        asks = itertools.cycle(sizes)
+        while len(got) < len(data):
+            reads = counting.reads
+            while True:  # one turn: read until the buffer runs dry
+                want = next(asks)
+                try:
+                    chunk = sock.recv(want)
+                except BlockingIOError:
+                    break
+                assert 0 < len(chunk) <= want
+                got += chunk
+                assert sock.pending() == counting.taken - len(got)
+            assert counting.reads - reads <= 1  # at most one read of the socket per turn
+            _turn(loop)
+        assert bytes(got) == data
+        assert sock.pending() == 0
+        with pytest.raises(BlockingIOError):  # nothing more: the socket's own refusal
+            sock.recv(1)
 
 
 def test_pending_counts_what_is_held() -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        with _pair() as (writer, reader):
-            writer.sendall(b"0123456789")
-            sock = _ReadAhead(reader, loop, size=64)
-            assert sock.pending() == 0
-            assert sock.recv(1) == b"0"
-            assert sock.pending() == 9
-            assert sock.recv(4) == b"1234"
-            assert sock.pending() == 5
-            assert sock.recv(100) == b"56789"
-            assert sock.pending() == 0
-            with pytest.raises(BlockingIOError):  # read once this turn already
-                sock.recv(1)
-            writer.sendall(b"ab")
-            with pytest.raises(BlockingIOError):
-                sock.recv(1)
-            _turn(loop)
-            assert sock.recv(2) == b"ab"
-    finally:
-        loop.close()
+    with _pair() as (writer, reader), _event_loop() as loop:
+        writer.sendall(b"0123456789")
+        sock = _ReadAhead(reader, loop, size=64)
+        assert sock.pending() == 0
+        assert sock.recv(1) == b"0"
+        assert sock.pending() == 9
+        assert sock.recv(4) == b"1234"
+        assert sock.pending() == 5
+        assert sock.recv(100) == b"56789"
+        assert sock.pending() == 0
+        with pytest.raises(BlockingIOError):  # read once this turn already
+            sock.recv(1)
+        writer.sendall(b"ab")
+        with pytest.raises(BlockingIOError):
+            sock.recv(1)
+        _turn(loop)
+        assert sock.recv(2) == b"ab"
 
 
 def test_a_read_asking_for_more_than_the_read_ahead_gets_it_whole() -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        with _pair() as (writer, reader):
-            writer.sendall(bytes(range(200)))
-            sock = _ReadAhead(reader, loop, size=16)
-            assert sock.recv(150) == bytes(range(150))
-            assert sock.pending() == 0
-            _turn(loop)
-            assert sock.recv(150) == bytes(range(150, 200))
-    finally:
-        loop.close()
+    with _pair() as (writer, reader), _event_loop() as loop:
+        writer.sendall(bytes(range(200)))
+        sock = _ReadAhead(reader, loop, size=16)
+        assert sock.recv(150) == bytes(range(150))
+        assert sock.pending() == 0
+        _turn(loop)
+        assert sock.recv(150) == bytes(range(150, 200))
 
 
 class _Framed:
@@ -157,37 +154,29 @@ class _Framed:
 
 
 def test_what_the_socket_itself_holds_is_read_within_the_turn() -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        with _pair() as (writer, reader):
-            data = bytes(range(250))
-            writer.sendall(data)
-            framed = _Framed(reader, frame=100)
-            sock = _ReadAhead(framed, loop, size=16)
-            got = bytearray()
-            while sock.pending() or not got:  # aiomqtt's reader: on while bytes are held
-                got += sock.recv(5)
-            assert bytes(got) == data[:100]  # the whole first frame, in one turn
-            assert framed.wire_reads == 1
-            with pytest.raises(BlockingIOError):  # the next frame waits for the next turn
-                sock.recv(5)
-            _turn(loop)
-            assert sock.recv(200) == data[100:200]
-            assert sock.pending() == 0
-    finally:
-        loop.close()
+    with _pair() as (writer, reader), _event_loop() as loop:
+        data = bytes(range(250))
+        writer.sendall(data)
+        framed = _Framed(reader, frame=100)
+        sock = _ReadAhead(framed, loop, size=16)
+        got = bytearray()
+        while sock.pending() or not got:  # aiomqtt's reader: on while bytes are held
+            got += sock.recv(5)
+        assert bytes(got) == data[:100]  # the whole first frame, in one turn
+        assert framed.wire_reads == 1
+        with pytest.raises(BlockingIOError):  # the next frame waits for the next turn
+            sock.recv(5)
+        _turn(loop)
+        assert sock.recv(200) == data[100:200]
+        assert sock.pending() == 0
 
 
 def test_the_end_of_the_stream_and_the_sockets_other_calls_pass_through() -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        with _pair() as (writer, reader):
-            sock = _ReadAhead(reader, loop)
-            assert sock.fileno() == reader.fileno()
-            writer.sendall(b"last")
-            writer.close()
-            assert sock.recv(10) == b"last"
-            _turn(loop)
-            assert sock.recv(10) == b""
-    finally:
-        loop.close()
+    with _pair() as (writer, reader), _event_loop() as loop:
+        sock = _ReadAhead(reader, loop)
+        assert sock.fileno() == reader.fileno()
+        writer.sendall(b"last")
+        writer.close()
+        assert sock.recv(10) == b"last"
+        _turn(loop)
+        assert sock.recv(10) == b""
