@@ -907,12 +907,17 @@ def _unfit_series(table: list[Any]) -> int | None:
     return None
 
 
+def _difference_bytes(counts: Iterable[int], widths: Iterable[int]) -> int:
+    """The length of a table's ``differences``: each series' count - 1 of its width."""
+    return sum(map(mul, map(sub, counts, repeat(1)), widths))
+
+
 def _pack_table(table: list[Any], k: int) -> _Columns | None:
     """The columns of a table of integers whose shape and small ranges were checked;
     ``None`` when one of the rules :func:`_exact_table_columns` names is broken."""
     sids, exps, t0s, periods, counts, firsts, widths, differences, gaps = table
     n = sum(counts)
-    if n > MAX_SAMPLES or len(differences) != sum(map(mul, map(sub, counts, repeat(1)), widths)):
+    if n > MAX_SAMPLES or len(differences) != _difference_bytes(counts, widths):
         return None
     if _unfit_series(table) is not None:
         return None
@@ -994,7 +999,7 @@ def _exact_table_columns(table: list[Any]) -> _Columns:
         _fail("too_large", f"{n} samples, more than {MAX_SAMPLES}")
     if type(differences) is not bytes:
         _fail("bad_series", "differences (series table) must be a byte string")
-    size = sum(map(mul, map(sub, counts, repeat(1)), widths))
+    size = _difference_bytes(counts, widths)
     if len(differences) != size:
         _fail("length_mismatch", f"{len(differences)} bytes of differences, expected {size}")
     if type(gaps) is not list or not set(map(type, gaps)) <= _INT_ONLY:
