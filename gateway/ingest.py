@@ -308,12 +308,12 @@ class _ReadAhead:
         return getattr(self._sock, name)
 
 
-def _read_ahead(client: aiomqtt.Client, loop: asyncio.AbstractEventLoop) -> bool:
-    """Give the paho client's sockets a :class:`_ReadAhead` as they open (``False``: this
+def _read_ahead(client: aiomqtt.Client, loop: asyncio.AbstractEventLoop) -> None:
+    """Give the paho client's sockets a :class:`_ReadAhead` as they open (nothing when this
     aiomqtt has no paho client)."""
     paho = getattr(client, "_client", None)
     if paho is None or not hasattr(paho, "on_socket_open"):
-        return False
+        return
     opened = paho.on_socket_open
 
     def on_socket_open(paho_client: Any, userdata: Any, sock: Any) -> None:
@@ -323,7 +323,6 @@ def _read_ahead(client: aiomqtt.Client, loop: asyncio.AbstractEventLoop) -> bool
             opened(paho_client, userdata, wrapped)
 
     paho.on_socket_open = on_socket_open
-    return True
 
 
 _PUBACK = 0x40
